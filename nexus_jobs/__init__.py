@@ -1,0 +1,3 @@
+"""nexus-jobs: cron-driven, stateless worker commands."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,296 @@
+"""What every console script shares: flags, logging, secret redaction, the ``main()``
+wrapper that turns exceptions into one line and an exit code, and the cron conventions of a
+scheduled run (due check, lock, run record, ``--json`` summary, progress bar)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from . import __version__, state
+from .config import JobEntry, Option
+from .errors import EXIT_OK, EXIT_SOFTWARE, JobError, LockHeld
+
+log = logging.getLogger("nexus_jobs")
+
+OUTCOMES = {
+    0: "success",
+    1: "partial failure",
+    2: "usage error",
+    69: "backend unavailable",
+    70: "internal error",
+    75: "temporary failure",
+    77: "permission refused",
+    78: "configuration error",
+    130: "interrupted",
+}
+
+_secrets: set[str] = set()
+
+
+def register_secret(value: str | None) -> None:
+    """Make sure ``value`` never reaches logs, error messages or ``--json`` output."""
+    if value and len(value) >= 4:
+        _secrets.add(value)
+
+
+def redact(text: str) -> str:
+    for secret in sorted(_secrets, key=len, reverse=True):
+        text = text.replace(secret, "***")
+    return text
+
+
+class _RedactingFilter(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        if _secrets:
+            record.msg = redact(record.getMessage())
+            record.args = None
+            if record.exc_info and record.exc_info[1] is not None:
+                record.exc_text = redact(logging.Formatter().formatException(record.exc_info))
+                record.exc_info = None
+        return True
+
+
+def setup_logging(prog: str, *, verbose: bool, debug: bool) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.addFilter(_RedactingFilter())
+    fmt = "%(asctime)s %(levelname)s %(name)s: %(message)s" if debug else f"{prog}: %(message)s"
+    handler.setFormatter(logging.Formatter(fmt))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(logging.DEBUG if debug else logging.WARNING)
+    log.setLevel(logging.DEBUG if debug else logging.INFO if verbose else logging.WARNING)
+    # urllib3 warns on every retry; under cron a retry that then succeeds must stay quiet.
+    logging.getLogger("urllib3").setLevel(logging.DEBUG if debug else logging.WARNING if verbose else logging.ERROR)
+
+
+def new_parser(prog: str, description: str, *, scheduled: bool = True) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog=prog, description=description)
+    add_common_flags(parser, scheduled=scheduled)
+    return parser
+
+
+def add_common_flags(parser: argparse.ArgumentParser, *, scheduled: bool) -> None:
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    parser.add_argument(
+        "--config",
+        metavar="PATH",
+        help="config file (default: $NEXUS_JOBS_CONFIG, ./config.json, ~/.config/nexus-jobs/config.json, "
+        "/etc/nexus-jobs/config.json)",
+    )
+    parser.add_argument(
+        "--env-file",
+        metavar="PATH",
+        help="the .env file to read (default: $NEXUS_JOBS_ENV_FILE, else .env beside the config file, "
+        "else ~/.config/nexus-jobs/.env)",
+    )
+    parser.add_argument(
+        "--state-dir",
+        metavar="DIR",
+        help="state directory (default: $NEXUS_STATE_DIR, config stateDir, $STATE_DIRECTORY, "
+        "state/ beside the config, ~/.local/state/nexus-jobs)",
+    )
+    parser.add_argument(
+        "-v", "--verbose", action="store_true", help="say what is done (default: quiet unless something fails)"
+    )
+    parser.add_argument("--debug", action="store_true", help="debug logging, with tracebacks")
+    parser.add_argument("--json", action="store_true", help="print one JSON summary object on stdout")
+    if scheduled:
+        parser.add_argument(
+            "--job-id", metavar="ID", help="which entry of jobs[] to run (default: the first of this type)"
+        )
+        parser.add_argument("--dry-run", action="store_true", help="show what would be done, change nothing")
+        parser.add_argument("--force", action="store_true", help="run even when not due or disabled")
+
+
+def add_options(parser: argparse.ArgumentParser, options: Iterable[Option]) -> None:
+    """A flag for each option that has one; help text names its default, env var and key."""
+    for option in options:
+        if option.secret or option.flag is None:
+            continue
+        where = [f"default: {option.default!r}" if option.default not in (None, "", []) else "no default"]
+        if option.env:
+            where.append(f"env {option.env}")
+        where.append(f"config {option.path}")
+        help_text = f"{option.help} ({'; '.join(where)})"
+        if option.kind is bool:
+            parser.add_argument(option.flag, dest=option.dest, action="store_const", const=True, help=help_text)
+        else:
+            parser.add_argument(
+                option.flag, dest=option.dest, metavar=option.path.split(".")[-1].upper(), help=help_text
+            )
+
+
+def main(
+    *,
+    prog: str,
+    parser: argparse.ArgumentParser,
+    run: Callable[[argparse.Namespace], int],
+    argv: Sequence[str] | None,
+) -> int:
+    """The one place where exceptions become a one-line message and a documented exit code."""
+    args = parser.parse_args(argv)
+    setup_logging(prog, verbose=args.verbose, debug=args.debug)
+    try:
+        return run(args)
+    except LockHeld as error:
+        # Cron mails any output: a skipped overlapping run is quiet unless -v.
+        log.info("%s", error)
+        return error.exit_code
+    except JobError as error:
+        for line in getattr(error, "problems", None) or [str(error)]:
+            log.error("%s", line)
+        return error.exit_code
+    except KeyboardInterrupt:
+        log.error("interrupted")
+        return 130
+    except Exception as error:
+        if args.debug:
+            log.exception("internal error")
+        else:
+            log.error("internal error: %s: %s (run with --debug for details)", type(error).__name__, error)
+        return EXIT_SOFTWARE
+
+
+@dataclass
+class RunSummary:
+    """What one run did: counts per outcome, one line per failed item, and its exit code."""
+
+    job_id: str
+    job_type: str
+    exit_code: int = EXIT_OK
+    counts: dict[str, int] = field(default_factory=dict)
+    failures: list[str] = field(default_factory=list)
+    message: str = ""
+    details: dict[str, Any] = field(default_factory=dict)
+
+    def as_json(self, *, started: datetime, duration_seconds: float, dry_run: bool) -> dict[str, Any]:
+        return {
+            "job": self.job_id,
+            "type": self.job_type,
+            "outcome": OUTCOMES.get(self.exit_code, "failure"),
+            "exitCode": self.exit_code,
+            "dryRun": dry_run,
+            "startedAt": state.isoformat(started),
+            "durationSeconds": round(duration_seconds, 3),
+            "counts": self.counts,
+            "failures": self.failures,
+            "message": self.message,
+            **self.details,
+        }
+
+
+def print_json(document: dict[str, Any]) -> None:
+    sys.stdout.write(redact(json.dumps(document, ensure_ascii=False)) + "\n")
+    sys.stdout.flush()
+
+
+def next_due(record: dict[str, Any] | None, interval_minutes: float) -> datetime | None:
+    """When the job is next due: its last successful start plus the interval (None = now)."""
+    last = state.parse_time((record or {}).get("lastSuccessStartedAt"))
+    if last is None or interval_minutes <= 0:
+        return None
+    return last + timedelta(minutes=interval_minutes)
+
+
+def run_scheduled(
+    *,
+    job: JobEntry,
+    state_dir: Path,
+    args: argparse.Namespace,
+    work: Callable[[], RunSummary],
+) -> int:
+    """Run ``work`` under cron conventions: skip when disabled or not due (exit 0), take the
+    job's lock (exit 75 if held), record the run, print the ``--json`` summary."""
+    record_path = state.run_record_path(state_dir, job.job_id)
+    if not args.force and not _should_run(job, state.read_json(record_path, repair=False)):
+        return EXIT_OK
+    if args.dry_run:
+        return _summarise(job, work, started=state.now_utc(), args=args, dry_run=True).exit_code
+    state.ensure_directory(state_dir)
+    with state.job_lock(state_dir, job.job_id):
+        record = state.read_json(record_path, repair=True, consequence="the job runs now as if never run") or {}
+        if not args.force and not _should_run(job, record):
+            return EXIT_OK  # another run finished while we were starting
+        started = state.now_utc()
+        record.update(jobId=job.job_id, jobType=job.job_type, lastStartedAt=state.isoformat(started))
+        state.write_json_atomic(record_path, record)
+        summary: RunSummary | None = None
+        try:
+            summary = _summarise(job, work, started=started, args=args)
+            return summary.exit_code
+        except JobError as error:
+            summary = RunSummary(job.job_id, job.job_type, exit_code=error.exit_code, message=str(error))
+            if args.json:
+                print_json(summary.as_json(started=started, duration_seconds=_elapsed(started), dry_run=False))
+            raise
+        finally:
+            if summary is not None:
+                _record_finish(record_path, record, summary, started=started)
+
+
+def _should_run(job: JobEntry, record: dict[str, Any] | None) -> bool:
+    if not job.enabled:
+        log.info("job %r is disabled in the config; not running (use --force to run it)", job.job_id)
+        return False
+    due = next_due(record, job.interval_minutes)
+    if due is not None and state.now_utc() < due:
+        log.info("job %r is not due until %s", job.job_id, state.isoformat(due))
+        return False
+    return True
+
+
+def _summarise(
+    job: JobEntry, work: Callable[[], RunSummary], *, started: datetime, args: argparse.Namespace, dry_run: bool = False
+) -> RunSummary:
+    summary = work()
+    if args.json:
+        print_json(summary.as_json(started=started, duration_seconds=_elapsed(started), dry_run=dry_run))
+    if summary.message:
+        (log.info if summary.exit_code == EXIT_OK else log.warning)("%s", summary.message)
+    return summary
+
+
+def _elapsed(started: datetime) -> float:
+    return (state.now_utc() - started).total_seconds()
+
+
+def _record_finish(record_path: Path, record: dict[str, Any], summary: RunSummary, *, started: datetime) -> None:
+    record.update(
+        lastFinishedAt=state.isoformat(state.now_utc()),
+        lastExitCode=summary.exit_code,
+        lastOutcome=OUTCOMES.get(summary.exit_code, "failure"),
+        lastMessage=redact(summary.message),
+        lastCounts=summary.counts,
+        runs=int(record.get("runs", 0)) + 1,
+    )
+    if summary.exit_code == EXIT_OK:
+        record["lastSuccessStartedAt"] = state.isoformat(started)
+        record["consecutiveFailures"] = 0
+    else:
+        record["consecutiveFailures"] = int(record.get("consecutiveFailures", 0)) + 1
+    state.write_json_atomic(record_path, record)
+
+
+class _NoProgress:
+    def update(self, count: int = 1) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+def progress(*, total: int, description: str, enabled: bool) -> Any:
+    """A progress bar on stderr when it is a terminal; nothing under cron or systemd."""
+    if not enabled or total < 2 or not sys.stderr.isatty():
+        return _NoProgress()
+    from tqdm import tqdm  # imported here: only terminals need it
+
+    return tqdm(total=total, desc=description, unit="file", file=sys.stderr, leave=False)

@@ -1,0 +1,473 @@
+"""Configuration: the JSON config file, ``.env``, the environment and command-line flags.
+
+Every option is described once, as an :class:`Option`; defaults, validation, ``--help`` and
+``check-config`` all come from that description. Precedence: flag > environment (a real
+variable beats the same name in ``.env``) > config file > default.
+
+Problems are collected and reported together, each naming the file and the key path.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .errors import ConfigError
+
+CONFIG_ENV_VAR = "NEXUS_JOBS_CONFIG"
+ENV_FILE_ENV_VAR = "NEXUS_JOBS_ENV_FILE"
+
+TOP_LEVEL_KEYS = ("nexus", "agents", "jobs", "stateDir", "openclawStateDir")
+AGENT_KEYS = ("workspace", "sessionsDir")
+JOB_ENTRY_KEYS = ("id", "type", "enabled", "intervalMinutes", "pingUrl", "config")
+# Job types that may appear in ``jobs[]``, with the console script that runs each.
+JOB_TYPES = {"session_upload": "nexus-session-upload", "webhook_pull": "nexus-webhook-pull"}
+
+_TRUE_WORDS = {"1", "true", "yes", "on"}
+_FALSE_WORDS = {"0", "false", "no", "off"}
+
+
+@dataclass(frozen=True)
+class Option:
+    """One setting, described once.
+
+    ``path`` is the dotted key inside its section of the config file (``nexus.endpoint`` at
+    the top level, ``graceMinutes`` inside a job's ``config``). Secrets get no flag: they
+    must not appear in process arguments.
+    """
+
+    path: str
+    kind: type
+    default: Any
+    help: str
+    flag: str | None = None
+    env: str | None = None
+    minimum: float | None = None
+    maximum: float | None = None
+    choices: tuple[str, ...] = ()
+    secret: bool = False
+
+    @property
+    def dest(self) -> str:
+        name = self.flag or "--" + self.path.replace(".", "-")
+        return name.lstrip("-").replace("-", "_")
+
+    def expected(self) -> str:
+        if self.choices:
+            return "one of " + ", ".join(repr(choice) for choice in self.choices)
+        words = {
+            bool: "true or false",
+            int: "a whole number",
+            float: "a number",
+            str: "a string",
+            list: "a list of strings",
+        }[self.kind]
+        if self.minimum is not None and self.maximum is not None:
+            words += f" from {self.minimum:g} to {self.maximum:g}"
+        elif self.minimum is not None:
+            words += f" >= {self.minimum:g}"
+        return words
+
+
+def coerce(option: Option, value: Any, *, from_text: bool) -> Any:
+    """Return ``value`` converted to the option's kind, or raise ``ValueError`` saying what
+    was expected. ``from_text`` values come from flags and the environment."""
+    problem = ValueError(f"expected {option.expected()}, got {_show(value)}")
+    if option.kind is bool:
+        if isinstance(value, bool):
+            result: Any = value
+        elif from_text and str(value).strip().lower() in _TRUE_WORDS | _FALSE_WORDS:
+            result = str(value).strip().lower() in _TRUE_WORDS
+        else:
+            raise problem
+    elif option.kind in (int, float):
+        if isinstance(value, bool):
+            raise problem
+        if from_text:
+            try:
+                value = float(value) if option.kind is float else int(str(value).strip())
+            except ValueError:
+                raise problem from None
+        if not isinstance(value, (int, float)) or (option.kind is int and not float(value).is_integer()):
+            raise problem
+        result = option.kind(value)
+        if option.minimum is not None and result < option.minimum:
+            raise problem
+        if option.maximum is not None and result > option.maximum:
+            raise problem
+    elif option.kind is list:
+        if from_text and isinstance(value, str):
+            value = [part.strip() for part in value.split(",") if part.strip()]
+        if not isinstance(value, list) or not all(isinstance(item, str) for item in value):
+            raise problem
+        result = list(value)
+    else:
+        if not isinstance(value, str):
+            raise problem
+        result = value
+    if option.choices and result not in option.choices:
+        raise problem
+    return result
+
+
+def _show(value: Any) -> str:
+    text = json.dumps(value) if not isinstance(value, str) else repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+@dataclass(frozen=True)
+class LoadedConfig:
+    """The config file in use (if any), its parsed contents, and the environment."""
+
+    path: Path | None
+    data: Mapping[str, Any]
+    env: Mapping[str, str]
+    env_file: Path | None = None
+
+    def where(self, key_path: str) -> str:
+        return f"{self.path or 'config'}: {key_path}" if key_path else str(self.path or "config")
+
+
+@dataclass(frozen=True)
+class JobEntry:
+    """One entry of ``jobs[]`` (or the default entry when the file has none for a type)."""
+
+    job_id: str
+    job_type: str
+    enabled: bool = True
+    interval_minutes: float = 0.0
+    ping_url: str | None = None
+    config: Mapping[str, Any] = field(default_factory=dict)
+    key_path: str = ""
+
+
+@dataclass(frozen=True)
+class Agent:
+    agent_id: str
+    sessions_dir: Path
+    workspace: Path
+
+
+def discover_config_path(flag: str | None, environ: Mapping[str, str]) -> Path | None:
+    """The config file in use: ``--config``, ``$NEXUS_JOBS_CONFIG``, ``./config.json``,
+    ``~/.config/nexus-jobs/config.json``, ``/etc/nexus-jobs/config.json``. A path that was
+    named explicitly must exist; the searched places may all be missing."""
+    for named, origin in ((flag, "--config"), (environ.get(CONFIG_ENV_VAR), CONFIG_ENV_VAR)):
+        if named:
+            path = Path(named).expanduser()
+            if not path.is_file():
+                raise ConfigError(f"{path}: config file not found (named by {origin})")
+            return path.absolute()
+    home = Path(environ.get("HOME", str(Path.home())))
+    config_home = Path(environ.get("XDG_CONFIG_HOME") or home / ".config")
+    for candidate in (
+        Path("config.json"),
+        config_home / "nexus-jobs" / "config.json",
+        Path("/etc/nexus-jobs/config.json"),
+    ):
+        if candidate.is_file():
+            return candidate.absolute()
+    return None
+
+
+def discover_env_file(flag: str | None, environ: Mapping[str, str], config_path: Path | None) -> Path:
+    """The ``.env`` file: ``--env-file``, ``$NEXUS_JOBS_ENV_FILE``, the ``.env`` beside the
+    config file in use, else ``~/.config/nexus-jobs/.env``. It need not exist."""
+    named = flag or environ.get(ENV_FILE_ENV_VAR)
+    if named:
+        return Path(named).expanduser().absolute()
+    if config_path is not None:
+        return config_path.parent / ".env"
+    home = Path(environ.get("HOME", str(Path.home())))
+    return Path(environ.get("XDG_CONFIG_HOME") or home / ".config") / "nexus-jobs" / ".env"
+
+
+def load(
+    *,
+    config_flag: str | None = None,
+    env_file_flag: str | None = None,
+    environ: Mapping[str, str] | None = None,
+) -> LoadedConfig:
+    """Find, read and structurally validate the config file, and merge ``.env`` under the
+    environment. Raises :class:`ConfigError` listing every problem found."""
+    environ = os.environ if environ is None else environ
+    path = discover_config_path(config_flag, environ)
+    data: Mapping[str, Any] = {}
+    if path is not None:
+        data = _parse_file(path)
+    env_file = discover_env_file(env_file_flag, environ, path)
+    env = dict(_read_env_file(env_file, named=bool(env_file_flag)))
+    env.update(environ)
+    loaded = LoadedConfig(path=path, data=data, env=env, env_file=env_file)
+    problems = validate_structure(loaded)
+    if problems:
+        raise ConfigError(problems)
+    return loaded
+
+
+def _parse_file(path: Path) -> Mapping[str, Any]:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as error:
+        raise ConfigError(f"{path}: not UTF-8 text (byte {error.start})") from None
+    except OSError as error:
+        raise ConfigError(f"{path}: cannot read config file: {error.strerror}") from None
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as error:
+        raise ConfigError(f"{path}: line {error.lineno} column {error.colno}: invalid JSON: {error.msg}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a JSON object at the top level, got {_show(data)}")
+    return data
+
+
+def _read_env_file(path: Path, *, named: bool) -> Mapping[str, str]:
+    if not path.exists():
+        if named:
+            raise ConfigError(f"{path}: env file not found (named by --env-file)")
+        return {}
+    from dotenv import dotenv_values  # imported here: most runs have no .env file
+
+    try:
+        values = dotenv_values(path)
+    except (OSError, UnicodeDecodeError) as error:
+        raise ConfigError(f"{path}: cannot read env file: {error}") from None
+    return {key: value for key, value in values.items() if value is not None}
+
+
+def validate_structure(loaded: LoadedConfig) -> list[str]:
+    """Problems with the shape of the file: unknown keys, wrong types, bad job entries.
+    The contents of each job's ``config`` object are checked by the job's own options."""
+    data, problems = loaded.data, []
+    for key in data:
+        if key not in TOP_LEVEL_KEYS and not key.startswith("$"):
+            problems.append(f"{loaded.where(key)}: unknown key (known: {', '.join(TOP_LEVEL_KEYS)})")
+    for key in ("stateDir", "openclawStateDir"):
+        if key in data and not isinstance(data[key], str):
+            problems.append(f"{loaded.where(key)}: expected a path string, got {_show(data[key])}")
+    if "nexus" in data and not isinstance(data["nexus"], dict):
+        problems.append(f"{loaded.where('nexus')}: expected an object, got {_show(data['nexus'])}")
+    agents = data.get("agents", {})
+    if not isinstance(agents, dict):
+        problems.append(f"{loaded.where('agents')}: expected an object keyed by agent id")
+        agents = {}
+    for agent_id, agent in agents.items():
+        where = loaded.where(f"agents.{agent_id}")
+        if not isinstance(agent, dict):
+            problems.append(f"{where}: expected an object, got {_show(agent)}")
+            continue
+        for key, value in agent.items():
+            if key not in AGENT_KEYS:
+                problems.append(f"{where}.{key}: unknown key (known: {', '.join(AGENT_KEYS)})")
+            elif not isinstance(value, str):
+                problems.append(f"{where}.{key}: expected a path string, got {_show(value)}")
+    jobs = data.get("jobs", [])
+    if not isinstance(jobs, list):
+        problems.append(f"{loaded.where('jobs')}: expected a list of job objects")
+        jobs = []
+    seen: set[str] = set()
+    for index, entry in enumerate(jobs):
+        problems.extend(_validate_job_entry(loaded, index, entry, seen))
+    return problems
+
+
+def _validate_job_entry(loaded: LoadedConfig, index: int, entry: Any, seen: set[str]) -> list[str]:
+    where = loaded.where(f"jobs[{index}]")
+    if not isinstance(entry, dict):
+        return [f"{where}: expected an object, got {_show(entry)}"]
+    problems = [
+        f"{where}.{key}: unknown key (known: {', '.join(JOB_ENTRY_KEYS)})" for key in entry if key not in JOB_ENTRY_KEYS
+    ]
+    job_id = entry.get("id")
+    if not isinstance(job_id, str) or not job_id or not _is_safe_id(job_id):
+        problems.append(f"{where}.id: expected a name of letters, digits, '-', '_' or '.', got {_show(job_id)}")
+    elif job_id in seen:
+        problems.append(f"{where}.id: duplicate job id {job_id!r}")
+    else:
+        seen.add(job_id)
+    if entry.get("type") not in JOB_TYPES:
+        problems.append(f"{where}.type: expected one of {', '.join(JOB_TYPES)}, got {_show(entry.get('type'))}")
+    checks = (
+        ("enabled", lambda v: isinstance(v, bool), "true or false"),
+        (
+            "intervalMinutes",
+            lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and v >= 0,
+            "a number >= 0",
+        ),
+        ("pingUrl", lambda v: isinstance(v, str) and v.startswith(("http://", "https://")), "an http(s) URL"),
+        ("config", lambda v: isinstance(v, dict), "an object"),
+    )
+    for key, valid, expected in checks:
+        if key in entry and not valid(entry[key]):
+            problems.append(f"{where}.{key}: expected {expected}, got {_show(entry[key])}")
+    return problems
+
+
+def _is_safe_id(text: str) -> bool:
+    return all(ch.isalnum() or ch in "-_." for ch in text) and not text.startswith(".")
+
+
+def job_entries(loaded: LoadedConfig) -> list[JobEntry]:
+    """Every job of the config file, in file order (assumes :func:`validate_structure` passed)."""
+    return [
+        JobEntry(
+            job_id=entry["id"],
+            job_type=entry["type"],
+            enabled=entry.get("enabled", True),
+            interval_minutes=float(entry.get("intervalMinutes", 0)),
+            ping_url=entry.get("pingUrl"),
+            config=entry.get("config", {}),
+            key_path=f"jobs[{index}]",
+        )
+        for index, entry in enumerate(loaded.data.get("jobs", []))
+    ]
+
+
+def select_job(loaded: LoadedConfig, *, job_type: str, job_id: str | None, default_id: str) -> JobEntry:
+    """The job a console script runs: the entry named by ``--job-id``, else the first entry
+    of its type, else a default entry (so a missing config file still works)."""
+    entries = job_entries(loaded)
+    if job_id is not None:
+        for entry in entries:
+            if entry.job_id == job_id:
+                if entry.job_type != job_type:
+                    raise ConfigError(
+                        f"{loaded.where(entry.key_path)}: job {job_id!r} has type {entry.job_type!r}, not {job_type!r}"
+                    )
+                return entry
+        if loaded.path is not None:
+            raise ConfigError(f"{loaded.where('jobs')}: no job with id {job_id!r}")
+        return JobEntry(job_id=job_id, job_type=job_type)
+    for entry in entries:
+        if entry.job_type == job_type:
+            return entry
+    return JobEntry(job_id=default_id, job_type=job_type)
+
+
+def resolve(
+    options: Sequence[Option],
+    *,
+    loaded: LoadedConfig,
+    section: Mapping[str, Any],
+    section_path: str,
+    flags: Mapping[str, Any],
+    strict: bool = True,
+) -> dict[str, Any]:
+    """Values of ``options`` by precedence flag > environment > ``section`` > default,
+    keyed by ``Option.path``. With ``strict``, keys in ``section`` that no option describes
+    are problems too. Raises :class:`ConfigError` with every problem."""
+    values: dict[str, Any] = {}
+    problems: list[str] = []
+    for option in options:
+        flag_value = flags.get(option.dest)
+        file_value = _lookup(section, option.path)
+        try:
+            if flag_value is not None:
+                origin = option.flag or option.dest
+                values[option.path] = coerce(option, flag_value, from_text=isinstance(flag_value, str))
+            elif option.env and loaded.env.get(option.env, "") != "":
+                origin = f"environment variable {option.env}"
+                values[option.path] = coerce(option, loaded.env[option.env], from_text=True)
+            elif file_value is not _MISSING:
+                origin = loaded.where(_join(section_path, option.path))
+                values[option.path] = coerce(option, file_value, from_text=False)
+            else:
+                values[option.path] = option.default
+        except ValueError as error:
+            shown = str(error) if not option.secret else f"expected {option.expected()}"
+            problems.append(f"{origin}: {shown}")
+    if strict:
+        known = {option.path.split(".")[0] for option in options}
+        nested = {option.path for option in options}
+        for key, value in section.items():
+            if key not in known:
+                problems.append(f"{loaded.where(_join(section_path, key))}: unknown key")
+            elif isinstance(value, dict):
+                for inner in value:
+                    if f"{key}.{inner}" not in nested:
+                        problems.append(f"{loaded.where(_join(section_path, key + '.' + inner))}: unknown key")
+    if problems:
+        raise ConfigError(problems)
+    return values
+
+
+_MISSING = object()
+
+
+def _lookup(section: Mapping[str, Any], path: str) -> Any:
+    node: Any = section
+    for part in path.split("."):
+        if not isinstance(node, Mapping) or part not in node:
+            return _MISSING
+        node = node[part]
+    return node
+
+
+def _join(prefix: str, key: str) -> str:
+    return f"{prefix}.{key}" if prefix else key
+
+
+def resolve_state_dir(*, flag: str | None, loaded: LoadedConfig) -> Path:
+    """``--state-dir`` > ``$NEXUS_STATE_DIR`` > config ``stateDir`` > systemd's
+    ``$STATE_DIRECTORY`` > ``state/`` beside the config file > ``$XDG_STATE_HOME/nexus-jobs``.
+    Never the current directory by accident: cron starts jobs in ``$HOME``."""
+    env = loaded.env
+    base = loaded.path.parent if loaded.path else Path.cwd()
+    for candidate in (flag, env.get("NEXUS_STATE_DIR"), loaded.data.get("stateDir")):
+        if candidate:
+            return (base / Path(candidate).expanduser()).absolute()
+    if env.get("STATE_DIRECTORY"):
+        return Path(env["STATE_DIRECTORY"].split(":")[0]).absolute()
+    if loaded.path is not None:
+        return loaded.path.parent / "state"
+    home = Path(env.get("HOME", str(Path.home())))
+    return Path(env.get("XDG_STATE_HOME") or home / ".local" / "state") / "nexus-jobs"
+
+
+def openclaw_state_dir(loaded: LoadedConfig) -> Path:
+    """``$OPENCLAW_STATE_DIR`` > config ``openclawStateDir`` > ``~/.openclaw``."""
+    named = loaded.env.get("OPENCLAW_STATE_DIR") or loaded.data.get("openclawStateDir")
+    if named:
+        base = loaded.path.parent if loaded.path else Path.cwd()
+        return (base / Path(named).expanduser()).absolute()
+    return Path(loaded.env.get("HOME", str(Path.home()))) / ".openclaw"
+
+
+def resolve_agents(loaded: LoadedConfig) -> list[Agent]:
+    """The agents of the config file, or, when it lists none, every agent found under
+    ``<OpenClaw state dir>/agents/*/sessions``."""
+    root = openclaw_state_dir(loaded)
+    configured = loaded.data.get("agents") or {}
+    base = loaded.path.parent if loaded.path else Path.cwd()
+    if configured:
+        return [
+            Agent(
+                agent_id=agent_id,
+                sessions_dir=(base / Path(entry["sessionsDir"]).expanduser()).absolute()
+                if entry.get("sessionsDir")
+                else root / "agents" / agent_id / "sessions",
+                workspace=(base / Path(entry["workspace"]).expanduser()).absolute()
+                if entry.get("workspace")
+                else _default_workspace(root, agent_id),
+            )
+            for agent_id, entry in configured.items()
+        ]
+    agents_dir = root / "agents"
+    try:
+        names = sorted(entry.name for entry in os.scandir(agents_dir) if entry.is_dir())
+    except OSError:
+        return []
+    return [
+        Agent(agent_id=name, sessions_dir=agents_dir / name / "sessions", workspace=_default_workspace(root, name))
+        for name in names
+        if (agents_dir / name / "sessions").is_dir()
+    ]
+
+
+def _default_workspace(root: Path, agent_id: str) -> Path:
+    # OpenClaw's own defaults: the main agent works in workspace/, others in workspace-<id>/.
+    return root / ("workspace" if agent_id == "main" else f"workspace-{agent_id}")
