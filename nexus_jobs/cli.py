@@ -170,6 +170,9 @@ class RunSummary:
     failures: list[str] = field(default_factory=list)
     message: str = ""
     details: dict[str, Any] = field(default_factory=dict)
+    # Figures that describe the job's state after the run (markers uploaded, rejected, dead
+    # letters...), kept in the run record for ``nexus-jobs status``.
+    standing: dict[str, int] = field(default_factory=dict)
 
     def as_json(self, *, started: datetime, duration_seconds: float, dry_run: bool) -> dict[str, Any]:
         return {
@@ -271,6 +274,8 @@ def _record_finish(record_path: Path, record: dict[str, Any], summary: RunSummar
         lastCounts=summary.counts,
         runs=int(record.get("runs", 0)) + 1,
     )
+    if summary.standing:
+        record["standing"] = summary.standing
     if summary.exit_code == EXIT_OK:
         record["lastSuccessStartedAt"] = state.isoformat(started)
         record["consecutiveFailures"] = 0

@@ -27,6 +27,8 @@ JOB_ENTRY_KEYS = ("id", "type", "enabled", "intervalMinutes", "pingUrl", "config
 # Job types that may appear in ``jobs[]``, with the console script that runs each.
 JOB_TYPES = {"session_upload": "nexus-session-upload", "webhook_pull": "nexus-webhook-pull"}
 
+DEFAULT_STORE_DIR_NAME = "nexus-store"
+
 _TRUE_WORDS = {"1", "true", "yes", "on"}
 _FALSE_WORDS = {"0", "false", "no", "off"}
 
@@ -471,3 +473,68 @@ def resolve_agents(loaded: LoadedConfig) -> list[Agent]:
 def _default_workspace(root: Path, agent_id: str) -> Path:
     # OpenClaw's own defaults: the main agent works in workspace/, others in workspace-<id>/.
     return root / ("workspace" if agent_id == "main" else f"workspace-{agent_id}")
+
+
+# The Nexus backend, shared by every job that talks to it (top-level "nexus" section).
+NEXUS_OPTIONS = (
+    Option(
+        "nexus.endpoint",
+        str,
+        "",
+        "Nexus API base URL, or file:///dir for a local directory store (empty: the embedded store "
+        "in the state directory)",
+        flag="--endpoint",
+        env="NEXUS_ENDPOINT",
+    ),
+    Option(
+        "nexus.apiKey",
+        str,
+        "",
+        "Nexus API key; keep it in the environment or .env, not in config.json",
+        env="NEXUS_API_KEY",
+        secret=True,
+    ),
+    Option(
+        "nexus.authMode",
+        str,
+        "header",
+        "how the key is sent: header (x-functions-key) or query (?code=, for older deployments)",
+        env="NEXUS_AUTH_MODE",
+        choices=("header", "query"),
+    ),
+    Option(
+        "nexus.timeoutSeconds",
+        float,
+        60.0,
+        "read timeout of one request, in seconds",
+        env="NEXUS_TIMEOUT_SECONDS",
+        minimum=1,
+        maximum=3600,
+    ),
+    Option(
+        "nexus.retries",
+        int,
+        4,
+        "retries of a transient failure (connection, timeout, 429, 502-504) within one run",
+        env="NEXUS_RETRIES",
+        minimum=0,
+        maximum=10,
+    ),
+)
+
+
+def local_store_root(endpoint: str, *, state_dir: Path) -> Path | None:
+    """The directory of the embedded store, or None when ``endpoint`` is an HTTP backend:
+    no endpoint means ``<state dir>/nexus-store``; ``file:///dir`` means ``/dir``."""
+    if not endpoint:
+        return state_dir / DEFAULT_STORE_DIR_NAME
+    if endpoint.startswith("file://"):
+        from urllib.parse import unquote, urlsplit
+
+        parts = urlsplit(endpoint)
+        if parts.netloc not in ("", "localhost") or not parts.path:
+            raise ConfigError(f"nexus.endpoint: expected file:///absolute/dir, got {endpoint!r}")
+        return Path(unquote(parts.path))
+    if endpoint.startswith(("http://", "https://")):
+        return None
+    raise ConfigError(f"nexus.endpoint: expected an http(s):// URL or file:///dir, got {endpoint!r}")
