@@ -16,6 +16,9 @@ from pathlib import Path
 
 import pytest
 
+# Fixture modules of the real services and backend doubles; each adds its module here.
+pytest_plugins: list[str] = []
+
 BIN_DIR = Path(sys.executable).parent
 # Variables a developer's shell may carry that would leak into a test run.
 _FOREIGN_PREFIXES = ("NEXUS_", "BSNEXUS_", "MQTT_", "OPENCLAW_", "WORKER_ID", "JOBS_ROOT", "STATE_DIRECTORY", "XDG_")
