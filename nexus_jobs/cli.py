@@ -190,6 +190,11 @@ class RunSummary:
         }
 
 
+def print_line(text: str) -> None:
+    """One line of requested output (``--dry-run`` listings) on stdout."""
+    sys.stdout.write(redact(text) + "\n")
+
+
 def print_json(document: dict[str, Any]) -> None:
     sys.stdout.write(redact(json.dumps(document, ensure_ascii=False)) + "\n")
     sys.stdout.flush()

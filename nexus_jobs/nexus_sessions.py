@@ -1,0 +1,225 @@
+"""Where transcripts go: the Nexus sessions API (``POST {endpoint}/sessions``) or, with no
+endpoint or a ``file://`` one, the embedded directory store with the server's layout
+(``inbox/<agentId>/<fileName>``) and the same 200/409 semantics.
+
+Both stores answer :meth:`upload` with an :class:`Outcome`; neither raises for a failed item.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import re
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+from . import http
+from .cli import redact
+
+# What the worker does with an answer (SPEC 4.3).
+STORED = "stored"  # 200: mark uploaded
+ALREADY_STORED = "already-stored"  # 409 with no or the same sha256: mark uploaded
+CONFLICT = "conflict"  # 409 with a different sha256: report, do not mark uploaded
+REJECTED = "rejected"  # 400/413 or refused locally: mark rejected, do not retry every run
+FAILED = "failed"  # transient after retries: leave for the next run
+REFUSED = "refused"  # 401/403: stop the run
+
+_CONTROL_BYTES = re.compile(rb"[\x00-\x1f]")
+
+
+@dataclass(frozen=True)
+class Upload:
+    """One transcript, read and checked, ready to send."""
+
+    agent_id: str
+    session_id: str
+    file_name: str
+    archive_reason: str | None
+    content: bytes
+    sha256: str
+
+
+@dataclass(frozen=True)
+class Outcome:
+    kind: str
+    detail: str = ""
+    http_status: int | None = None
+
+
+class SessionStore(Protocol):
+    location: str
+
+    def upload(self, upload: Upload) -> Outcome: ...
+
+    def close(self) -> None: ...
+
+
+def json_string(content: bytes) -> bytes:
+    """``content`` (valid UTF-8) as a JSON string literal, escaped at the byte level so a
+    large transcript is never turned into a Python ``str`` (up to 4 bytes per character)."""
+    escaped = content.replace(b"\\", b"\\\\").replace(b'"', b'\\"')
+    if _CONTROL_BYTES.search(escaped):
+        escaped = escaped.replace(b"\n", b"\\n").replace(b"\r", b"\\r").replace(b"\t", b"\\t")
+        escaped = _CONTROL_BYTES.sub(lambda match: b"\\u%04x" % match.group()[0], escaped)
+    return escaped
+
+
+def request_body(upload: Upload) -> bytes:
+    """The JSON body of ``POST /sessions``: the three fields every server knows plus the
+    optional ones a server may ignore."""
+    head = {"agentId": upload.agent_id, "sessionId": upload.session_id}
+    tail: dict[str, Any] = {"fileName": upload.file_name}
+    if upload.archive_reason:
+        tail["archiveReason"] = upload.archive_reason
+    tail.update(sha256=upload.sha256, bytes=len(upload.content))
+    return b"".join(
+        (
+            json.dumps(head)[:-1].encode(),
+            b', "transcript": "',
+            json_string(upload.content),
+            b'", ',
+            json.dumps(tail)[1:].encode(),
+        )
+    )
+
+
+class HttpSessionStore:
+    """The Nexus sessions API over one keep-alive ``requests.Session`` shared by the upload
+    threads. Uploads are idempotent (the server dedups), so POST is retried."""
+
+    def __init__(
+        self,
+        *,
+        endpoint: str,
+        api_key: str,
+        auth_mode: str,
+        timeout_seconds: float,
+        retries: int,
+        pool_size: int,
+    ) -> None:
+        self.location = endpoint
+        self.url = endpoint.rstrip("/") + "/sessions"
+        self.headers = {"Content-Type": "application/json"}
+        self.params: dict[str, str] = {}
+        if api_key and auth_mode == "query":
+            self.params["code"] = api_key
+        elif api_key:
+            self.headers["x-functions-key"] = api_key
+        self.timeout = (http.CONNECT_TIMEOUT_SECONDS, timeout_seconds)
+        self.session = http.make_session(retries=retries, pool_size=pool_size, retry_post=True)
+
+    def upload(self, upload: Upload) -> Outcome:
+        import requests
+
+        try:
+            response = self.session.post(
+                self.url,
+                params=self.params,
+                data=request_body(upload),
+                headers=self.headers,
+                timeout=self.timeout,
+                allow_redirects=False,
+            )
+        except requests.RequestException as error:
+            return Outcome(FAILED, f"{http.describe_error(error)} (will retry next run)")
+        with response:
+            return _interpret(response.status_code, response.content, upload)
+
+    def close(self) -> None:
+        self.session.close()
+
+
+def _interpret(status: int, raw: bytes, upload: Upload) -> Outcome:
+    body = _json_object(raw)
+    message = _server_message(body, raw)
+    if status in (200, 201):
+        return Outcome(STORED, "stored", status)
+    if status == 409:
+        theirs = body.get("sha256")
+        if isinstance(theirs, str) and theirs and theirs.lower() != upload.sha256:
+            return Outcome(CONFLICT, f"the server holds different content (sha256 {theirs[:12]}...)", status)
+        return Outcome(ALREADY_STORED, "already stored", status)
+    if status == 413:
+        return Outcome(REJECTED, f"the server refused it as too large (413){message}", status)
+    if status == 400:
+        return Outcome(REJECTED, f"the server refused it as invalid (400){message}", status)
+    if status in (401, 403):
+        return Outcome(REFUSED, f"the server refused the API key ({status}){message}", status)
+    if status == 429 or status >= 500:
+        return Outcome(FAILED, f"the server answered {status} after retries{message} (will retry next run)", status)
+    return Outcome(FAILED, f"unexpected answer {status}{message}", status)
+
+
+def _json_object(raw: bytes) -> dict[str, Any]:
+    try:
+        body = json.loads(raw)
+    except (ValueError, UnicodeDecodeError):
+        return {}
+    return body if isinstance(body, dict) else {}
+
+
+def _server_message(body: dict[str, Any], raw: bytes) -> str:
+    text = next((body[key] for key in ("error", "detail", "message") if isinstance(body.get(key), str)), None)
+    if text is None:
+        text = raw[:200].decode("utf-8", "replace")
+    text = " ".join(redact(text).split())[:200]
+    return f": {text}" if text else ""
+
+
+class FileSessionStore:
+    """The embedded store: ``<root>/inbox/<agentId>/<fileName>``, written atomically; an
+    existing file answers like the server's 409, with its sha256."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.inbox = root / "inbox"
+        self.location = str(self.inbox)
+
+    def upload(self, upload: Upload) -> Outcome:
+        for part in (upload.agent_id, upload.file_name):
+            if not part or "/" in part or part in (".", "..") or "\0" in part:
+                return Outcome(REJECTED, f"unsafe name for the directory store: {part!r}", 400)
+        directory = self.inbox / upload.agent_id
+        target = directory / upload.file_name
+        try:
+            directory.mkdir(parents=True, exist_ok=True)
+            if target.exists():
+                return _existing(target, upload)
+            descriptor, temporary = tempfile.mkstemp(dir=directory, prefix=".upload-", suffix=".tmp")
+            try:
+                with os.fdopen(descriptor, "wb") as handle:
+                    handle.write(upload.content)
+                    handle.flush()
+                    os.fsync(handle.fileno())
+                # link() refuses to replace an existing name: two writers cannot both "store" it.
+                os.link(temporary, target)
+            except FileExistsError:
+                return _existing(target, upload)
+            finally:
+                with contextlib.suppress(OSError):
+                    os.unlink(temporary)
+            descriptor = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+            try:
+                os.fsync(descriptor)
+            finally:
+                os.close(descriptor)
+        except OSError as error:
+            return Outcome(FAILED, f"cannot write to {directory}: {error.strerror}")
+        return Outcome(STORED, "stored", 200)
+
+    def close(self) -> None:
+        pass
+
+
+def _existing(target: Path, upload: Upload) -> Outcome:
+    digest = hashlib.sha256()
+    with target.open("rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    if digest.hexdigest() != upload.sha256:
+        return Outcome(CONFLICT, f"{target} holds different content", 409)
+    return Outcome(ALREADY_STORED, "already stored", 409)

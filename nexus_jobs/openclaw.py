@@ -1,0 +1,167 @@
+"""OpenClaw's transcript files (JSONL storage, releases up to 2026.7.1): which files of an
+agent's sessions directory are transcripts, and which of those are complete.
+
+Read-only by design: nothing here writes, moves or renames anything under OpenClaw's state
+directory; OpenClaw relies on its own names. What we have uploaded lives in our state file.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+INDEX_NAME = "sessions.json"
+TRANSCRIPT_SUFFIX = ".jsonl"
+LOCK_SUFFIX = ".jsonl.lock"
+ZSTD_SUFFIX = ".zst"
+TOPIC_SEPARATOR = "-topic-"
+# <file>.jsonl.reset.<TS> / <file>.jsonl.deleted.<TS>, newer builds may add .zst
+ARCHIVE_PATTERN = re.compile(r"^(?P<stem>.+)\.jsonl\.(?P<reason>reset|deleted)\.(?P<stamp>.+?)(?P<zst>\.zst)?$")
+
+
+@dataclass(frozen=True)
+class Transcript:
+    """A complete transcript file, as found by :func:`scan`."""
+
+    agent_id: str
+    path: Path
+    name: str
+    session_id: str
+    archive_reason: str | None
+    size: int
+    mtime_ns: int
+    compressed: bool = False
+    is_symlink: bool = False
+
+    @property
+    def upload_name(self) -> str:
+        """The file name sent to Nexus: a ``.zst`` archive is sent decompressed, so without
+        its ``.zst`` suffix."""
+        return self.name[: -len(ZSTD_SUFFIX)] if self.compressed else self.name
+
+
+@dataclass
+class Scan:
+    """What one sessions directory holds: complete transcripts, and why others wait."""
+
+    complete: list[Transcript] = field(default_factory=list)
+    present: set[str] = field(default_factory=set)
+    live: int = 0
+    locked: int = 0
+    in_grace: int = 0
+    without_index: int = 0
+    index_problem: str | None = None
+
+
+def read_index(sessions_dir: Path) -> tuple[set[str], set[str]] | str:
+    """The session ids and transcript file names that ``sessions.json`` references, or a
+    reason why it cannot be read. The index is keyed by *session key*
+    (``agent:main:main``...); the ids are its values' ``sessionId`` fields."""
+    try:
+        raw = (sessions_dir / INDEX_NAME).read_bytes()
+    except FileNotFoundError:
+        return "sessions.json is missing"
+    except OSError as error:
+        return f"sessions.json cannot be read: {error.strerror}"
+    try:
+        index = json.loads(raw)
+    except (ValueError, UnicodeDecodeError) as error:
+        return f"sessions.json is not valid JSON ({str(error)[:60]})"
+    if not isinstance(index, dict):
+        return "sessions.json is not a JSON object"
+    session_ids: set[str] = set()
+    file_names: set[str] = set()
+    for entry in index.values():
+        if not isinstance(entry, dict):
+            continue
+        session_id = entry.get("sessionId")
+        if isinstance(session_id, str) and session_id:
+            session_ids.add(session_id)
+        session_file = entry.get("sessionFile")
+        if isinstance(session_file, str) and session_file:
+            file_names.add(os.path.basename(session_file))
+    return session_ids, file_names
+
+
+def scan(*, agent_id: str, sessions_dir: Path, grace_seconds: float, now_ns: int) -> Scan:
+    """Classify the direct children of ``sessions_dir`` (raises ``OSError`` when it cannot
+    be listed).
+
+    Complete: every ``.reset.<TS>``/``.deleted.<TS>`` archive; a plain ``.jsonl`` whose
+    session id (and file name) the index does not reference, with no ``.lock`` sibling, not
+    modified for the grace period. Without a readable index no plain file is complete.
+    """
+    result = Scan()
+    locks: set[str] = set()
+    plain: list[tuple[os.DirEntry[str], str]] = []
+    with os.scandir(sessions_dir) as entries:
+        for entry in entries:
+            name = entry.name
+            if name.endswith(LOCK_SUFFIX):
+                locks.add(name[: -len(".lock")])
+                continue
+            if not name.endswith(TRANSCRIPT_SUFFIX) and ".jsonl." not in name:
+                continue  # sessions.json, its .bak files, trajectory paths, anything else
+            if ".trajectory" in name or ".checkpoint." in name or name.startswith(INDEX_NAME):
+                continue
+            if entry.is_dir(follow_symlinks=False):
+                continue
+            if name.endswith(TRANSCRIPT_SUFFIX):
+                result.present.add(name)
+                plain.append((entry, name[: -len(TRANSCRIPT_SUFFIX)].split(TOPIC_SEPARATOR)[0]))
+                continue
+            match = ARCHIVE_PATTERN.match(name)
+            if match is None:
+                continue
+            result.present.add(name)
+            result.complete.append(
+                _transcript(
+                    entry,
+                    agent_id=agent_id,
+                    session_id=match["stem"].split(TOPIC_SEPARATOR)[0],
+                    archive_reason=match["reason"],
+                    compressed=match["zst"] is not None,
+                )
+            )
+    if not plain:
+        return result
+    index = read_index(sessions_dir)
+    if isinstance(index, str):
+        # Without the index we cannot tell live transcripts from orphans: upload none.
+        result.index_problem = index
+        result.without_index = len(plain)
+        return result
+    live_ids, live_files = index
+    grace_ns = int(grace_seconds * 1e9)
+    for entry, session_id in plain:
+        if session_id in live_ids or entry.name in live_files:
+            result.live += 1
+        elif entry.name in locks:
+            result.locked += 1
+        else:
+            transcript = _transcript(entry, agent_id=agent_id, session_id=session_id, archive_reason=None)
+            if now_ns - transcript.mtime_ns < grace_ns:
+                result.in_grace += 1
+            else:
+                result.complete.append(transcript)
+    return result
+
+
+def _transcript(
+    entry: os.DirEntry[str], *, agent_id: str, session_id: str, archive_reason: str | None, compressed: bool = False
+) -> Transcript:
+    info = entry.stat(follow_symlinks=False)
+    return Transcript(
+        agent_id=agent_id,
+        path=Path(entry.path),
+        name=entry.name,
+        session_id=session_id,
+        archive_reason=archive_reason,
+        size=info.st_size,
+        mtime_ns=info.st_mtime_ns,
+        compressed=compressed,
+        is_symlink=entry.is_symlink(),
+    )

@@ -1,0 +1,445 @@
+"""``nexus-session-upload``: upload every completed OpenClaw session transcript to Nexus once.
+
+One run: load settings -> for each agent, scan its sessions directory (:mod:`openclaw`) ->
+skip what the markers say is done -> read, check and upload the rest concurrently over
+keep-alive connections (:mod:`nexus_sessions`) -> record a marker per answer, saved in
+checkpoints -> prune markers of files long gone -> summary and exit code.
+"""
+
+from __future__ import annotations
+
+import argparse
+import codecs
+import concurrent.futures
+import hashlib
+import logging
+import os
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from . import cli, config, nexus_sessions, openclaw, state
+from .errors import EXIT_OK, EXIT_PARTIAL, EXIT_UNAVAILABLE, AuthError, UsageError
+from .nexus_sessions import ALREADY_STORED, CONFLICT, FAILED, REFUSED, REJECTED, STORED, Outcome, Upload
+
+PROG = "nexus-session-upload"
+JOB_TYPE = "session_upload"
+DEFAULT_JOB_ID = "session-upload"
+SERVER_LIMIT_BYTES = 10_485_760
+MARKERS_NAME = "markers"
+READ_CHUNK_BYTES = 1 << 20
+
+log = logging.getLogger("nexus_jobs")
+
+OPTIONS = (
+    config.Option("agents", list, [], "agent ids to upload (default: every configured or discovered agent)"),
+    config.Option(
+        "graceMinutes",
+        float,
+        10.0,
+        "an orphan transcript must be unmodified this long before it counts as complete",
+        flag="--grace-minutes",
+        minimum=0,
+    ),
+    config.Option(
+        "concurrency",
+        int,
+        8,
+        "uploads in flight at once, over that many keep-alive connections",
+        flag="--concurrency",
+        minimum=1,
+        maximum=64,
+    ),
+    config.Option(
+        "maxTranscriptBytes",
+        int,
+        SERVER_LIMIT_BYTES,
+        "larger transcripts are not sent but marked rejected (the server's limit)",
+        minimum=1,
+    ),
+    config.Option(
+        "retentionDays",
+        float,
+        30.0,
+        "markers of files that no longer exist are forgotten after this many days",
+        minimum=0,
+    ),
+)
+
+
+@dataclass(frozen=True)
+class Settings:
+    job_id: str
+    state_dir: Path
+    agents: tuple[config.Agent, ...]
+    endpoint: str
+    api_key: str
+    auth_mode: str
+    timeout_seconds: float
+    retries: int
+    grace_seconds: float
+    concurrency: int
+    max_bytes: int
+    retention_seconds: float
+    retry_rejected: bool
+    store_root: Path | None
+    show_progress: bool
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    return cli.main(prog=PROG, parser=build_parser(), run=run, argv=argv)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = cli.new_parser(PROG, "Upload every completed OpenClaw session transcript to Nexus, once.")
+    cli.add_options(parser, (*config.NEXUS_OPTIONS, *OPTIONS))
+    parser.add_argument("--agent", action="append", metavar="ID", help="only this agent (repeatable)")
+    parser.add_argument("--retry-rejected", action="store_true", help="try rejected and conflicting files again")
+    return parser
+
+
+def run(args: argparse.Namespace) -> int:
+    loaded = config.load(config_flag=args.config, env_file_flag=args.env_file)
+    job = config.select_job(loaded, job_type=JOB_TYPE, job_id=args.job_id, default_id=DEFAULT_JOB_ID)
+    settings = load_settings(loaded, job, args)
+    return cli.run_scheduled(
+        job=job, state_dir=settings.state_dir, args=args, work=lambda: upload_all(settings, dry_run=args.dry_run)
+    )
+
+
+def load_settings(loaded: config.LoadedConfig, job: config.JobEntry, args: argparse.Namespace) -> Settings:
+    flags = vars(args)
+    nexus = config.resolve(
+        config.NEXUS_OPTIONS, loaded=loaded, section=loaded.data, section_path="", flags=flags, strict=False
+    )
+    own = config.resolve(OPTIONS, loaded=loaded, section=job.config, section_path=f"{job.key_path}.config", flags=flags)
+    cli.register_secret(nexus["nexus.apiKey"])
+    state_dir = config.resolve_state_dir(flag=args.state_dir, loaded=loaded)
+    agents = config.resolve_agents(loaded)
+    wanted = list(args.agent or own["agents"])
+    if wanted:
+        known = {agent.agent_id: agent for agent in agents}
+        unknown = [agent_id for agent_id in wanted if agent_id not in known]
+        if unknown:
+            raise UsageError(
+                f"unknown agent {', '.join(map(repr, unknown))} (known: {', '.join(known) or 'none found'})"
+            )
+        agents = [known[agent_id] for agent_id in dict.fromkeys(wanted)]
+    endpoint = nexus["nexus.endpoint"]
+    return Settings(
+        job_id=job.job_id,
+        state_dir=state_dir,
+        agents=tuple(agents),
+        endpoint=endpoint,
+        api_key=nexus["nexus.apiKey"],
+        auth_mode=nexus["nexus.authMode"],
+        timeout_seconds=nexus["nexus.timeoutSeconds"],
+        retries=nexus["nexus.retries"],
+        grace_seconds=own["graceMinutes"] * 60,
+        concurrency=own["concurrency"],
+        max_bytes=min(own["maxTranscriptBytes"], SERVER_LIMIT_BYTES) if endpoint else own["maxTranscriptBytes"],
+        retention_seconds=own["retentionDays"] * 86400,
+        retry_rejected=args.retry_rejected,
+        store_root=config.local_store_root(endpoint, state_dir=state_dir),
+        show_progress=not (args.json or args.verbose or args.debug),
+    )
+
+
+def upload_all(settings: Settings, *, dry_run: bool) -> cli.RunSummary:
+    summary = cli.RunSummary(settings.job_id, JOB_TYPE)
+    counts = summary.counts
+    for key in ("uploaded", "alreadyStored", "reuploaded", "rejected", "conflicts", "failed", "unchanged", "waiting"):
+        counts[key] = 0
+    markers_path = state.data_path(settings.state_dir, settings.job_id, MARKERS_NAME)
+    document = state.read_json(
+        markers_path,
+        repair=not dry_run,
+        consequence="transcripts already on the server will be offered again and recognised there (409)",
+    ) or {"agents": {}}
+    markers: dict[str, dict[str, dict[str, Any]]] = document.setdefault("agents", {})
+    checkpoints = state.Checkpointer(markers_path)
+
+    todo: list[tuple[openclaw.Transcript, dict[str, Any] | None]] = []
+    now_ns = time.time_ns()
+    for agent in settings.agents:
+        try:
+            found = openclaw.scan(
+                agent_id=agent.agent_id,
+                sessions_dir=agent.sessions_dir,
+                grace_seconds=settings.grace_seconds,
+                now_ns=now_ns,
+            )
+        except OSError as error:
+            summary.failures.append(f"agent {agent.agent_id}: cannot list {agent.sessions_dir}: {error.strerror}")
+            log.error("%s", summary.failures[-1])
+            continue
+        if found.index_problem:
+            log.warning(
+                "agent %s: %s in %s; %d plain transcript(s) wait until it is readable (archives still upload)",
+                agent.agent_id,
+                found.index_problem,
+                agent.sessions_dir,
+                found.without_index,
+            )
+        counts["waiting"] += found.live + found.locked + found.in_grace + found.without_index
+        agent_markers = markers.setdefault(agent.agent_id, {})
+        if not dry_run and _prune(agent_markers, present=found.present, retention_seconds=settings.retention_seconds):
+            checkpoints.pending_changes += 1
+        for transcript in found.complete:
+            marker = agent_markers.get(transcript.name)
+            if _is_done(marker, transcript, retry_rejected=settings.retry_rejected):
+                counts["unchanged"] += 1
+            else:
+                todo.append((transcript, marker))
+
+    if dry_run:
+        for transcript, marker in todo:
+            why = "changed since upload" if marker else transcript.archive_reason or "orphan"
+            cli.print_line(f"would upload {transcript.agent_id}/{transcript.name} ({transcript.size} bytes, {why})")
+        counts["wouldUpload"] = len(todo)
+    else:
+        try:
+            _upload(
+                todo, settings=settings, summary=summary, markers=markers, document=document, checkpoints=checkpoints
+            )
+        finally:
+            checkpoints.flush(document)
+    summary.standing = _standing(markers)
+    summary.details["store"] = _store_description(settings)
+    _finish(summary, counts)
+    return summary
+
+
+def _is_done(marker: dict[str, Any] | None, transcript: openclaw.Transcript, *, retry_rejected: bool) -> bool:
+    if marker is None or marker.get("size") != transcript.size or marker.get("mtimeNs") != transcript.mtime_ns:
+        return False
+    return marker.get("status") == "uploaded" or not retry_rejected
+
+
+def _prune(agent_markers: dict[str, dict[str, Any]], *, present: set[str], retention_seconds: float) -> bool:
+    """Forget markers of files gone for the retention period; True if anything changed."""
+    changed = False
+    now = time.time()
+    for name in list(agent_markers):
+        marker = agent_markers[name]
+        gone_since = marker.get("goneSince")
+        if name in present:
+            if gone_since is not None:
+                del marker["goneSince"]
+                changed = True
+        elif gone_since is None:
+            marker["goneSince"] = now
+            changed = True
+        elif now - gone_since >= retention_seconds:
+            del agent_markers[name]
+            changed = True
+    return changed
+
+
+def _upload(
+    todo: list[tuple[openclaw.Transcript, dict[str, Any] | None]],
+    *,
+    settings: Settings,
+    summary: cli.RunSummary,
+    markers: dict[str, dict[str, dict[str, Any]]],
+    document: dict[str, Any],
+    checkpoints: state.Checkpointer,
+) -> None:
+    """Read and upload ``todo`` with ``concurrency`` threads, recording each answer as it
+    arrives. Stops early when the key is refused (exit 77) or the backend keeps failing."""
+    if not todo:
+        return
+    store = _open_store(settings)
+    failures_in_a_row = 0
+    give_up_after = max(3, settings.concurrency)
+    bar = cli.progress(total=len(todo), description="uploading", enabled=settings.show_progress)
+    pending = iter(todo)
+    in_flight: dict[concurrent.futures.Future[Outcome], tuple[openclaw.Transcript, dict[str, Any] | None]] = {}
+    refused: Outcome | None = None
+    with concurrent.futures.ThreadPoolExecutor(max_workers=settings.concurrency) as pool:
+        try:
+            while True:
+                stop = refused is not None or failures_in_a_row >= give_up_after
+                while not stop and len(in_flight) < settings.concurrency * 2:
+                    item = next(pending, None)
+                    if item is None:
+                        break
+                    in_flight[pool.submit(_send, item[0], store=store, settings=settings)] = item
+                if not in_flight:
+                    break
+                done, _ = concurrent.futures.wait(in_flight, return_when=concurrent.futures.FIRST_COMPLETED)
+                for future in done:
+                    transcript, marker = in_flight.pop(future)
+                    outcome = future.result()
+                    bar.update()
+                    _record(outcome, transcript, marker, markers=markers, summary=summary)
+                    if outcome.kind == REFUSED:
+                        refused = outcome
+                    failures_in_a_row = failures_in_a_row + 1 if outcome.kind == FAILED else 0
+                    checkpoints.changed(document)
+        finally:
+            bar.close()
+            store.close()
+    left = sum(1 for _ in pending)
+    if refused is not None:
+        raise AuthError(f"{refused.detail}; stopped ({left} transcript(s) left for the next run)")
+    if failures_in_a_row >= give_up_after:
+        summary.exit_code = EXIT_UNAVAILABLE
+        summary.failures.append(
+            f"backend unavailable: {failures_in_a_row} uploads failed in a row; stopped, "
+            f"{left} transcript(s) left for the next run"
+        )
+
+
+def _open_store(settings: Settings) -> nexus_sessions.SessionStore:
+    if settings.store_root is not None:
+        return nexus_sessions.FileSessionStore(settings.store_root)
+    return nexus_sessions.HttpSessionStore(
+        endpoint=settings.endpoint,
+        api_key=settings.api_key,
+        auth_mode=settings.auth_mode,
+        timeout_seconds=settings.timeout_seconds,
+        retries=settings.retries,
+        pool_size=settings.concurrency,
+    )
+
+
+def _send(transcript: openclaw.Transcript, *, store: nexus_sessions.SessionStore, settings: Settings) -> Outcome:
+    prepared = read_transcript(transcript, max_bytes=settings.max_bytes)
+    if isinstance(prepared, Outcome):
+        return prepared
+    return store.upload(prepared)
+
+
+def read_transcript(transcript: openclaw.Transcript, *, max_bytes: int) -> Upload | Outcome:
+    """The file's bytes (a ``.zst`` archive decompressed), checked the way the server would
+    check them: at most ``max_bytes``, UTF-8. A failed check is a local rejection."""
+    if transcript.is_symlink:
+        return Outcome(REJECTED, "is a symbolic link; not followed (transcripts are regular files)")
+    try:
+        descriptor = os.open(transcript.path, os.O_RDONLY | os.O_NOFOLLOW)
+        with os.fdopen(descriptor, "rb") as handle:
+            if transcript.compressed:
+                content = _decompress(handle, max_bytes=max_bytes)
+            else:
+                content = handle.read(max_bytes + 1)
+    except OSError as error:
+        return Outcome(FAILED, f"cannot read it: {error.strerror} (will retry next run)")
+    except ValueError as error:
+        return Outcome(REJECTED, str(error))
+    if len(content) > max_bytes:
+        return Outcome(REJECTED, f"larger than the limit of {max_bytes} bytes; not sent")
+    problem = _utf8_problem(content)
+    if problem:
+        return Outcome(REJECTED, problem)
+    return Upload(
+        agent_id=transcript.agent_id,
+        session_id=transcript.session_id,
+        file_name=transcript.upload_name,
+        archive_reason=transcript.archive_reason,
+        content=content,
+        sha256=hashlib.sha256(content).hexdigest(),
+    )
+
+
+def _decompress(handle: Any, *, max_bytes: int) -> bytes:
+    import zstandard  # imported here: only .zst archives need it
+
+    try:
+        reader = zstandard.ZstdDecompressor().stream_reader(handle)
+        return reader.read(max_bytes + 1)
+    except zstandard.ZstdError as error:
+        raise ValueError(f"not a valid zstd archive ({error})") from None
+
+
+def _utf8_problem(content: bytes) -> str | None:
+    # Checked in chunks so a large transcript never exists as one big str.
+    decoder = codecs.getincrementaldecoder("utf-8")()
+    for start in range(0, len(content), READ_CHUNK_BYTES):
+        try:
+            decoder.decode(content[start : start + READ_CHUNK_BYTES], final=start + READ_CHUNK_BYTES >= len(content))
+        except UnicodeDecodeError as error:
+            return f"not UTF-8 text (invalid byte at offset {start + error.start}); not sent"
+    return None
+
+
+def _record(
+    outcome: Outcome,
+    transcript: openclaw.Transcript,
+    marker: dict[str, Any] | None,
+    *,
+    markers: dict[str, dict[str, dict[str, Any]]],
+    summary: cli.RunSummary,
+) -> None:
+    where = f"{transcript.agent_id}/{transcript.name}"
+    counts = summary.counts
+    if outcome.kind in (STORED, ALREADY_STORED):
+        if marker is not None and marker.get("status") == "uploaded":
+            counts["reuploaded"] += 1
+            log.warning(
+                "%s changed after it was uploaded (%s -> %s bytes); uploaded again",
+                where,
+                marker.get("size"),
+                transcript.size,
+            )
+        else:
+            counts["uploaded" if outcome.kind == STORED else "alreadyStored"] += 1
+            log.info("%s: %s", where, outcome.detail)
+        status = "uploaded"
+    elif outcome.kind == REJECTED:
+        counts["rejected"] += 1
+        log.warning("%s: rejected: %s (see status; --retry-rejected tries again)", where, outcome.detail)
+        status = "rejected"
+    elif outcome.kind == CONFLICT:
+        counts["conflicts"] += 1
+        summary.failures.append(f"{where}: conflict: {outcome.detail}")
+        log.error("%s", summary.failures[-1])
+        status = "conflict"
+    else:
+        if outcome.kind == FAILED:
+            counts["failed"] += 1
+            summary.failures.append(f"{where}: upload failed: {outcome.detail}")
+            log.error("%s", summary.failures[-1])
+        return
+    markers.setdefault(transcript.agent_id, {})[transcript.name] = {
+        "size": transcript.size,
+        "mtimeNs": transcript.mtime_ns,
+        "status": status,
+        "response": outcome.detail if outcome.http_status is None else f"{outcome.http_status} {outcome.detail}",
+        "at": state.isoformat(state.now_utc()),
+    }
+
+
+def _standing(markers: dict[str, dict[str, dict[str, Any]]]) -> dict[str, int]:
+    standing = {"uploaded": 0, "rejected": 0, "conflict": 0}
+    for agent_markers in markers.values():
+        for marker in agent_markers.values():
+            if marker.get("status") in standing and "goneSince" not in marker:
+                standing[marker["status"]] += 1
+    return {"uploaded": standing["uploaded"], "rejected": standing["rejected"], "conflicts": standing["conflict"]}
+
+
+def _store_description(settings: Settings) -> str:
+    if settings.store_root is not None:
+        return str(settings.store_root / "inbox")
+    return settings.endpoint
+
+
+def _finish(summary: cli.RunSummary, counts: dict[str, int]) -> None:
+    if summary.exit_code == EXIT_OK and summary.failures:
+        summary.exit_code = EXIT_PARTIAL
+    sent = counts["uploaded"] + counts["reuploaded"]
+    parts = [f"uploaded {sent}" + (f" to {summary.details['store']}" if sent else "")]
+    for key, words in (
+        ("alreadyStored", "already stored"),
+        ("rejected", "rejected"),
+        ("conflicts", "conflicts"),
+        ("failed", "failed"),
+        ("unchanged", "unchanged"),
+        ("waiting", "not complete yet"),
+    ):
+        if counts.get(key):
+            parts.append(f"{counts[key]} {words}")
+    summary.message = ", ".join(parts)
