@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 # Fixture modules of the real services and backend doubles; each adds its module here.
-pytest_plugins: list[str] = []
+pytest_plugins: list[str] = ["tests.nexus_webhooks_double"]
 
 BIN_DIR = Path(sys.executable).parent
 # Variables a developer's shell may carry that would leak into a test run.
