@@ -230,6 +230,9 @@ def run_scheduled(
         started = state.now_utc()
         record.update(jobId=job.job_id, jobType=job.job_type, lastStartedAt=state.isoformat(started))
         state.write_json_atomic(record_path, record)
+        from . import monitoring  # imported here: a not-due run never needs it
+
+        monitoring.ping(job.ping_url, monitoring.START)
         summary: RunSummary | None = None
         try:
             summary = _summarise(job, work, started=started, args=args)
@@ -242,6 +245,7 @@ def run_scheduled(
         finally:
             if summary is not None:
                 _record_finish(record_path, record, summary, started=started)
+            monitoring.ping(job.ping_url, monitoring.finish_kind(summary), body=redact(monitoring.describe(summary)))
 
 
 def _should_run(job: JobEntry, record: dict[str, Any] | None) -> bool:
