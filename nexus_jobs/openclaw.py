@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -35,6 +36,7 @@ class Transcript:
     mtime_ns: int
     compressed: bool = False
     is_symlink: bool = False
+    is_regular: bool = True
 
     @property
     def upload_name(self) -> str:
@@ -164,4 +166,5 @@ def _transcript(
         mtime_ns=info.st_mtime_ns,
         compressed=compressed,
         is_symlink=entry.is_symlink(),
+        is_regular=stat.S_ISREG(info.st_mode),
     )

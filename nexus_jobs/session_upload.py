@@ -30,6 +30,8 @@ DEFAULT_JOB_ID = "session-upload"
 SERVER_LIMIT_BYTES = 10_485_760
 MARKERS_NAME = "markers"
 READ_CHUNK_BYTES = 1 << 20
+# A file we could not read: counted as failed and retried, but says nothing about the backend.
+UNREADABLE = "unreadable"
 
 log = logging.getLogger("nexus_jobs")
 
@@ -258,6 +260,7 @@ def _upload(
     pending = iter(todo)
     in_flight: dict[concurrent.futures.Future[Outcome], tuple[openclaw.Transcript, dict[str, Any] | None]] = {}
     refused: Outcome | None = None
+    answered = 0  # answers from the backend, whatever they said
     with concurrent.futures.ThreadPoolExecutor(max_workers=settings.concurrency) as pool:
         try:
             while True:
@@ -278,6 +281,7 @@ def _upload(
                     if outcome.kind == REFUSED:
                         refused = outcome
                     failures_in_a_row = failures_in_a_row + 1 if outcome.kind == FAILED else 0
+                    answered += outcome.kind not in (FAILED, UNREADABLE)
                     checkpoints.changed(document)
         finally:
             bar.close()
@@ -285,12 +289,13 @@ def _upload(
     left = sum(1 for _ in pending)
     if refused is not None:
         raise AuthError(f"{refused.detail}; stopped ({left} transcript(s) left for the next run)")
-    if failures_in_a_row >= give_up_after:
+    if failures_in_a_row >= give_up_after or (failures_in_a_row and not answered):
         summary.exit_code = EXIT_UNAVAILABLE
         summary.failures.append(
-            f"backend unavailable: {failures_in_a_row} uploads failed in a row; stopped, "
-            f"{left} transcript(s) left for the next run"
+            f"backend unavailable: {failures_in_a_row} upload(s) failed in a row and none succeeded since; "
+            f"{left + summary.counts['failed']} transcript(s) left for the next run"
         )
+        log.error("%s", summary.failures[-1])
 
 
 def _open_store(settings: Settings) -> nexus_sessions.SessionStore:
@@ -318,6 +323,8 @@ def read_transcript(transcript: openclaw.Transcript, *, max_bytes: int) -> Uploa
     check them: at most ``max_bytes``, UTF-8. A failed check is a local rejection."""
     if transcript.is_symlink:
         return Outcome(REJECTED, "is a symbolic link; not followed (transcripts are regular files)")
+    if not transcript.is_regular:
+        return Outcome(REJECTED, "not a regular file")
     try:
         descriptor = os.open(transcript.path, os.O_RDONLY | os.O_NOFOLLOW)
         with os.fdopen(descriptor, "rb") as handle:
@@ -326,7 +333,7 @@ def read_transcript(transcript: openclaw.Transcript, *, max_bytes: int) -> Uploa
             else:
                 content = handle.read(max_bytes + 1)
     except OSError as error:
-        return Outcome(FAILED, f"cannot read it: {error.strerror} (will retry next run)")
+        return Outcome(UNREADABLE, f"cannot read it: {error.strerror} (will retry next run)")
     except ValueError as error:
         return Outcome(REJECTED, str(error))
     if len(content) > max_bytes:
@@ -398,7 +405,7 @@ def _record(
         log.error("%s", summary.failures[-1])
         status = "conflict"
     else:
-        if outcome.kind == FAILED:
+        if outcome.kind in (FAILED, UNREADABLE):
             counts["failed"] += 1
             summary.failures.append(f"{where}: upload failed: {outcome.detail}")
             log.error("%s", summary.failures[-1])

@@ -17,7 +17,9 @@ from pathlib import Path
 import pytest
 
 # Fixture modules of the real services and backend doubles; each adds its module here.
-pytest_plugins: list[str] = ["tests.nexus_webhooks_double"]
+pytest_plugins: list[str] = ["tests.nexus_double", "tests.nexus_webhooks_double"]
+pytest_plugins += ["tests.redis_server", "tests.bsnexus_backend"]
+pytest_plugins += ["tests.mosquitto_server"]
 
 BIN_DIR = Path(sys.executable).parent
 # Variables a developer's shell may carry that would leak into a test run.
