@@ -1,0 +1,284 @@
+"""The ``bsnexus-worker`` console script: ``register``, ``run``, ``status``, ``unregister``.
+
+Exit codes (SPEC 3.4): 0 done; 2 bad flags or no registration token; 69 server or Redis
+unreachable; 75 another ``run`` of this identity is running, or a result could not be
+published before stopping; 77 the server refused the token or the worker; 78 bad settings or
+no saved identity.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import logging
+import os
+import signal
+import sys
+import time
+from collections.abc import Sequence
+from typing import Any
+
+from .. import cli, config, state
+from ..errors import EXIT_OK, EXIT_TEMPFAIL, AuthError, BackendUnavailable, ConfigError, LockHeld, UsageError
+from . import executors, registration, streams, worker
+from . import settings as worker_settings
+from .heartbeat import Heartbeat
+from .settings import Settings, safe_url
+
+PROG = "bsnexus-worker"
+log = logging.getLogger("nexus_jobs.bsnexus")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog=PROG,
+        description="BSNexus worker: register once, then run from a timer or a service; tasks come "
+        "from Redis Streams. Settings come from flags, the environment and the .env file register writes.",
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__import__('nexus_jobs').__version__}")
+    commands = parser.add_subparsers(dest="subcommand", metavar="COMMAND", required=True)
+    register = commands.add_parser("register", help="register with the server and save the credentials, then exit")
+    cli.add_common_flags(register, scheduled=False)
+    cli.add_options(register, worker_settings.REGISTER_FLAGS)
+    register.add_argument(
+        "--token",
+        metavar="TOKEN",
+        help="registration token from the admin UI (glrt-...); BSNEXUS_REGISTRATION_TOKEN keeps it out of "
+        "the process list",
+    )
+    run = commands.add_parser("run", help="take tasks from Redis Streams, execute them, publish the results")
+    cli.add_common_flags(run, scheduled=False)
+    cli.add_options(run, worker_settings.RUN_FLAGS)
+    status = commands.add_parser("status", help="identity, server, last heartbeat, task counts, pending entries")
+    cli.add_common_flags(status, scheduled=False)
+    unregister = commands.add_parser("unregister", help="deregister from the server and forget the saved identity")
+    cli.add_common_flags(unregister, scheduled=False)
+    unregister.add_argument(
+        "--force", action="store_true", help="forget the saved identity even when the server cannot be told"
+    )
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    handlers = {"register": register_command, "run": run_command, "status": status_command}
+    handlers["unregister"] = unregister_command
+    return cli.main(prog=PROG, parser=build_parser(), run=lambda args: handlers[args.subcommand](args), argv=argv)
+
+
+def _load(args: argparse.Namespace, *, env_file_may_be_new: bool = False) -> tuple[config.LoadedConfig, Settings]:
+    environ: dict[str, str] = dict(os.environ)
+    env_file_flag = args.env_file
+    if env_file_may_be_new and env_file_flag:
+        # register creates the file: name it through the environment, where a missing file is fine
+        environ[config.ENV_FILE_ENV_VAR] = env_file_flag
+        env_file_flag = None
+    loaded = config.load(config_flag=args.config, env_file_flag=env_file_flag, environ=environ)
+    return loaded, worker_settings.load(args, loaded, token_flag=getattr(args, "token", None))
+
+
+def _require_identity(settings: Settings) -> None:
+    if not settings.worker_id or not settings.worker_token:
+        raise ConfigError(
+            f"{settings.env_file}: no saved worker identity (BSNEXUS_WORKER_ID and BSNEXUS_WORKER_TOKEN); "
+            "run `bsnexus-worker register --url URL --token TOKEN` first"
+        )
+    if not settings.server_url:
+        raise ConfigError(f"{settings.env_file}: no BSNEXUS_SERVER_URL; run `bsnexus-worker register` again")
+
+
+def register_command(args: argparse.Namespace) -> int:
+    loaded, settings = _load(args, env_file_may_be_new=True)
+    if not settings.server_url:
+        raise UsageError("register needs the server URL: --url URL (or BSNEXUS_SERVER_URL)")
+    if not settings.registration_token:
+        raise UsageError("register needs a registration token: --token TOKEN (or BSNEXUS_REGISTRATION_TOKEN)")
+    saved_server = loaded.env.get("BSNEXUS_SERVER_URL", "").rstrip("/")
+    if settings.worker_id and saved_server and saved_server != settings.server_url:
+        log.info(
+            "the saved identity belongs to %s; registering with %s as a new worker", saved_server, settings.server_url
+        )
+        settings = dataclasses.replace(settings, worker_id="", worker_token="")
+    session = registration.make_session(settings)
+    try:
+        answer = registration.register(session, settings)
+    finally:
+        session.close()
+    registration.save_identity(settings.env_file, settings, answer)
+    if args.json:
+        cli.print_json(
+            {
+                "workerId": answer.worker_id,
+                "reusedIdentity": answer.reused,
+                "serverUrl": settings.server_url,
+                "envFile": str(settings.env_file),
+            }
+        )
+    else:
+        verb = "re-registered" if answer.reused else "registered"
+        print(f"{verb} worker {answer.worker_id}; credentials saved to {settings.env_file}")
+        print(f"start it with: {PROG} run" + (f" --env-file {settings.env_file}" if args.env_file else ""))
+    return EXIT_OK
+
+
+def run_command(args: argparse.Namespace) -> int:
+    _loaded, settings = _load(args)
+    _require_identity(settings)
+    executor = executors.load(settings.executor_type, settings)
+    state.ensure_directory(settings.state_dir)
+    try:
+        with state.job_lock(settings.state_dir, settings.job_id):
+            return _run_locked(settings, executor, json_output=args.json)
+    except LockHeld:
+        raise LockHeld(f"worker {settings.worker_id} is already running (another `run` holds its lock)") from None
+
+
+def _run_locked(settings: Settings, executor: executors.Executor, *, json_output: bool) -> int:
+    for warning in executor.warnings():
+        log.warning("%s", warning)
+    stop = worker.Stop(grace_seconds=settings.grace_seconds, duration_seconds=settings.duration_seconds)
+    previous = {number: signal.signal(number, stop.on_signal) for number in (signal.SIGTERM, signal.SIGINT)}
+    client = streams.connect(settings.redis_url, poll_seconds=settings.poll_seconds)
+    session = registration.make_session(settings)
+    tally = worker.Tally(settings=settings, worker_id=settings.worker_id)
+    tally.save(pid=os.getpid(), stoppedAt=None, stopReason=None)
+    in_flight = worker.InFlight()
+    beat = Heartbeat(settings=settings, session=session, client=client, stop=stop, tally=tally, in_flight=in_flight)
+    started = time.monotonic()
+    log.info(
+        "worker %s taking tasks from %s (executor %s, server %s)",
+        settings.worker_id,
+        safe_url(settings.redis_url),
+        executor.name,
+        settings.server_url,
+    )
+    beat.start()
+    try:
+        summary = worker.work(
+            settings=settings,
+            worker_id=settings.worker_id,
+            executor=executor,
+            client=client,
+            stop=stop,
+            tally=tally,
+            in_flight=in_flight,
+        )
+    finally:
+        beat.close()
+        for number, handler in previous.items():
+            signal.signal(number, handler)
+        tally.save(stoppedAt=state.isoformat(state.now_utc()), stopReason=stop.reason or "ended", pid=None)
+        client.close()
+        session.close()
+    if json_output:
+        cli.print_json(
+            {
+                "workerId": settings.worker_id,
+                "tasks": summary.handled,
+                "tasksDone": summary.done,
+                "tasksFailed": summary.failed,
+                "unpublished": summary.unpublished,
+                "stopReason": summary.stop_reason,
+                "durationSeconds": round(time.monotonic() - started, 3),
+            }
+        )
+    if stop.exit_error is not None:
+        raise stop.exit_error
+    if summary.unpublished:
+        log.error("%d result(s) could not be published before stopping; those tasks stay pending", summary.unpublished)
+        return EXIT_TEMPFAIL
+    if summary.redis_down:
+        raise BackendUnavailable(f"Redis at {safe_url(settings.redis_url)} was still unreachable when the run ended")
+    return EXIT_OK
+
+
+def status_command(args: argparse.Namespace) -> int:
+    _loaded, settings = _load(args)
+    _require_identity(settings)
+    record = state.read_json(state.run_record_path(settings.state_dir, settings.job_id), repair=False) or {}
+    running = settings.state_dir.is_dir() and state.lock_is_held(settings.state_dir, settings.job_id)
+    pending: dict[str, int] | None = None
+    redis_problem = ""
+    client = streams.connect(settings.redis_url, poll_seconds=1.0)
+    try:
+        pending = streams.pending_counts(client, streams.channels(settings), consumer=settings.worker_id)
+    except streams.down_errors() as error:
+        redis_problem = str(error).split("\n")[0][:200]
+    finally:
+        client.close()
+    facts: dict[str, Any] = {
+        "workerId": settings.worker_id,
+        "workerName": settings.worker_name,
+        "serverUrl": settings.server_url,
+        "redisUrl": safe_url(settings.redis_url),
+        "executorType": settings.executor_type,
+        "envFile": str(settings.env_file),
+        "running": running,
+        "lastHeartbeatAt": record.get("lastHeartbeatAt"),
+        "lastHeartbeatOutcome": record.get("lastHeartbeatOutcome"),
+        "tasksDone": record.get("tasksDone", 0),
+        "tasksFailed": record.get("tasksFailed", 0),
+        "lastStoppedAt": record.get("stoppedAt"),
+        "lastStopReason": record.get("stopReason"),
+        "pending": pending,
+    }
+    if args.json:
+        cli.print_json(facts)
+    else:
+        _print_status(facts, redis_problem)
+    if redis_problem:
+        raise BackendUnavailable(f"Redis at {safe_url(settings.redis_url)} is unreachable: {redis_problem}")
+    return EXIT_OK
+
+
+def _print_status(facts: dict[str, Any], redis_problem: str) -> None:
+    heartbeat = facts["lastHeartbeatAt"] or "never"
+    if facts["lastHeartbeatOutcome"] and facts["lastHeartbeatOutcome"] != "ok":
+        heartbeat += f" (last attempt: {facts['lastHeartbeatOutcome']})"
+    pending = (
+        ", ".join(f"{key} {count}" for key, count in facts["pending"].items())
+        if facts["pending"] is not None
+        else f"unknown (Redis unreachable: {redis_problem})"
+    )
+    lines = [
+        ("worker", f"{facts['workerId']}" + (f" ({facts['workerName']})" if facts["workerName"] else "")),
+        ("server", facts["serverUrl"]),
+        ("redis", facts["redisUrl"]),
+        ("executor", facts["executorType"]),
+        ("env file", facts["envFile"]),
+        ("running", "yes" if facts["running"] else "no"),
+        ("last heartbeat", heartbeat),
+        ("tasks done", str(facts["tasksDone"])),
+        ("tasks failed", str(facts["tasksFailed"])),
+        ("pending", pending),
+    ]
+    for label, value in lines:
+        sys.stdout.write(cli.redact(f"{label + ':':<16}{value}") + "\n")
+
+
+def unregister_command(args: argparse.Namespace) -> int:
+    _loaded, settings = _load(args)
+    _require_identity(settings)
+    if settings.state_dir.is_dir() and state.lock_is_held(settings.state_dir, settings.job_id):
+        raise LockHeld(f"worker {settings.worker_id} is running: stop it before unregistering it")
+    session = registration.make_session(settings)
+    try:
+        registration.deregister(session, settings, worker_id=settings.worker_id, token=settings.worker_token)
+    except registration.CredentialsRefused as refused:
+        if not args.force:
+            raise AuthError(
+                f"the server refused to deregister worker {settings.worker_id} ({refused}); "
+                "use --force to forget it here anyway"
+            ) from None
+        log.warning("the server refused the deregistration (%s); forgetting the identity anyway", refused)
+    except BackendUnavailable as error:
+        if not args.force:
+            raise BackendUnavailable(f"{error}; use --force to forget the identity here anyway") from None
+        log.warning("%s; forgetting the identity anyway", error)
+    finally:
+        session.close()
+    registration.forget_identity(settings.env_file)
+    if args.json:
+        cli.print_json({"workerId": settings.worker_id, "unregistered": True, "envFile": str(settings.env_file)})
+    else:
+        print(f"unregistered worker {settings.worker_id}; removed its identity from {settings.env_file}")
+    return EXIT_OK

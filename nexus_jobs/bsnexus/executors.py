@@ -1,0 +1,312 @@
+"""Executors: what actually runs a task, behind one small interface, chosen by name.
+
+Built in: ``claude-code`` (Claude Code CLI) and ``command`` (a configured argv template).
+Others plug in through the ``nexus_jobs.bsnexus_executors`` entry-point group: a class taking
+the :class:`~nexus_jobs.bsnexus.settings.Settings` and implementing :meth:`Executor.execute`.
+
+The prompt always goes to the child on stdin, never in its arguments; the child runs in its
+own process group so a timeout or a stop kills everything it started; tokens are removed
+from its environment.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shlex
+import shutil
+import signal
+import subprocess
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from importlib.metadata import EntryPoint, entry_points
+
+from ..errors import ConfigError
+from .settings import Settings
+from .tasks import truncate
+
+ENTRY_POINT_GROUP = "nexus_jobs.bsnexus_executors"
+KILL_WAIT_SECONDS = 3.0
+WAIT_STEP_SECONDS = 0.05
+COMMAND_PLACEHOLDERS = ("task_id", "kind", "repo_path", "branch_name")
+# Never handed to an executor: worker credentials and a Redis URL that may hold a password.
+_PRIVATE_ENV = ("BSNEXUS_WORKER_TOKEN", "BSNEXUS_REGISTRATION_TOKEN", "BSNEXUS_REDIS_URL", "NEXUS_API_KEY")
+
+ShouldAbort = Callable[[], str]  # returns why the task must be killed now, or ""
+
+
+@dataclass(frozen=True)
+class Request:
+    task_id: str
+    kind: str  # "execution" or "qa"
+    prompt: str
+    repo_path: str  # absolute, or "" when the task named none
+    branch_name: str
+    timeout_seconds: float
+
+
+@dataclass(frozen=True)
+class Outcome:
+    success: bool
+    output: str = ""
+    error_message: str = ""
+    exit_code: int | None = None
+    output_path: str = ""
+
+
+@dataclass(frozen=True)
+class Verdict:
+    passed: bool
+    feedback: str = ""
+    error_message: str = ""
+    exit_code: int | None = None
+
+
+class Executor:
+    """Runs one task. Subclasses implement :meth:`execute`; :meth:`review` asks the same
+    executor for a verdict whose output starts with PASS or FAIL."""
+
+    name = ""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+
+    def warnings(self) -> list[str]:
+        """Problems worth a warning at start (each task still reports its own failure)."""
+        return []
+
+    def execute(self, request: Request, *, should_abort: ShouldAbort) -> Outcome:
+        raise NotImplementedError
+
+    def review(self, request: Request, *, should_abort: ShouldAbort) -> Verdict:
+        review_request = Request(
+            task_id=request.task_id,
+            kind=request.kind,
+            prompt=f"Please review the following code changes.\n\n{request.prompt}\n\n"
+            "Response format:\n- Start with PASS or FAIL\n- Explain the reason\n",
+            repo_path=request.repo_path,
+            branch_name=request.branch_name,
+            timeout_seconds=request.timeout_seconds,
+        )
+        outcome = self.execute(review_request, should_abort=should_abort)
+        if not outcome.success:
+            return Verdict(False, outcome.output, outcome.error_message, outcome.exit_code)
+        return parse_verdict(outcome.output, exit_code=outcome.exit_code)
+
+
+def parse_verdict(output: str, *, exit_code: int | None = None) -> Verdict:
+    """PASS or FAIL from the first non-empty line of a review (markdown emphasis ignored)."""
+    feedback = truncate(output.strip())
+    for line in output.splitlines():
+        word = line.strip().lstrip("*#`>_ -").upper()
+        if not word:
+            continue
+        if word.startswith("PASS"):
+            return Verdict(True, feedback, exit_code=exit_code)
+        if word.startswith("FAIL"):
+            return Verdict(False, feedback, exit_code=exit_code)
+        break
+    return Verdict(
+        False, feedback, "the review gave no verdict: its output does not start with PASS or FAIL", exit_code
+    )
+
+
+class ClaudeCodeExecutor(Executor):
+    """``claude --print --dangerously-skip-permissions`` in the task's repository."""
+
+    name = "claude-code"
+
+    def warnings(self) -> list[str]:
+        if shutil.which(self.settings.claude_binary) is None:
+            return [
+                f"{self.settings.claude_binary!r} is not on PATH: every task will fail until Claude Code is installed"
+            ]
+        return []
+
+    def execute(self, request: Request, *, should_abort: ShouldAbort) -> Outcome:
+        binary = shutil.which(self.settings.claude_binary)
+        if binary is None:
+            return Outcome(
+                False,
+                error_message=f"the Claude Code CLI {self.settings.claude_binary!r} was not found on PATH "
+                "(install it, or set BSNEXUS_CLAUDE_BINARY)",
+            )
+        if not request.repo_path:
+            return Outcome(False, error_message="the task has no repo_path: claude-code needs a working directory")
+        argv = [binary, "--print", "--dangerously-skip-permissions"]
+        return run_process(
+            argv,
+            prompt=request.prompt,
+            cwd=request.repo_path,
+            timeout_seconds=request.timeout_seconds,
+            should_abort=should_abort,
+        )
+
+
+class CommandExecutor(Executor):
+    """A configured argv template (``BSNEXUS_COMMAND``), the prompt on stdin."""
+
+    name = "command"
+
+    def __init__(self, settings: Settings) -> None:
+        super().__init__(settings)
+        try:
+            self.template = shlex.split(settings.command)
+        except ValueError as error:
+            raise ConfigError(f"BSNEXUS_COMMAND: cannot split it into arguments: {error}") from None
+        if not self.template:
+            raise ConfigError("BSNEXUS_COMMAND: the command executor needs a command (an argv template)")
+        try:
+            for part in self.template:
+                part.format(**{name: "" for name in COMMAND_PLACEHOLDERS})
+        except (KeyError, IndexError, ValueError) as error:
+            raise ConfigError(
+                f"BSNEXUS_COMMAND: unknown placeholder {error} (known: "
+                + ", ".join("{" + name + "}" for name in COMMAND_PLACEHOLDERS)
+                + ")"
+            ) from None
+
+    def execute(self, request: Request, *, should_abort: ShouldAbort) -> Outcome:
+        values = {
+            "task_id": request.task_id,
+            "kind": request.kind,
+            "repo_path": request.repo_path,
+            "branch_name": request.branch_name,
+        }
+        argv = [part.format(**values) for part in self.template]
+        return run_process(
+            argv,
+            prompt=request.prompt,
+            cwd=request.repo_path or None,
+            timeout_seconds=request.timeout_seconds,
+            should_abort=should_abort,
+        )
+
+
+BUILT_IN: dict[str, type[Executor]] = {"claude-code": ClaudeCodeExecutor, "command": CommandExecutor}
+
+
+def available() -> dict[str, Callable[[Settings], Executor]]:
+    """Executors by name: the built-in ones, plus (or replaced by) the entry-point group."""
+    found: dict[str, Callable[[Settings], Executor]] = dict(BUILT_IN)
+    for entry in entry_points(group=ENTRY_POINT_GROUP):
+        found[entry.name] = _lazy(entry)
+    return found
+
+
+def _lazy(entry: EntryPoint) -> Callable[[Settings], Executor]:
+    def build(settings: Settings) -> Executor:
+        try:
+            factory = entry.load()
+        except Exception as error:
+            raise ConfigError(
+                f"executor {entry.name!r}: cannot load {entry.value}: {type(error).__name__}: {error}"
+            ) from None
+        executor = factory(settings)
+        if not hasattr(executor, "execute"):
+            raise ConfigError(f"executor {entry.name!r}: {entry.value} is not an executor")
+        return executor
+
+    return build
+
+
+def load(name: str, settings: Settings) -> Executor:
+    known = available()
+    if name not in known:
+        raise ConfigError(
+            f"BSNEXUS_EXECUTOR_TYPE / --executor: unknown executor {name!r} (known: {', '.join(sorted(known))})"
+        )
+    return known[name](settings)
+
+
+def child_environment() -> dict[str, str]:
+    return {key: value for key, value in os.environ.items() if key not in _PRIVATE_ENV}
+
+
+def run_process(
+    argv: list[str],
+    *,
+    prompt: str,
+    cwd: str | None,
+    timeout_seconds: float,
+    should_abort: ShouldAbort,
+) -> Outcome:
+    """Run ``argv`` with ``prompt`` on stdin in a new process group; kill the whole group on
+    timeout or when ``should_abort`` says so. Output goes to temporary files, not pipes, so
+    a chatty child can never block on a full pipe."""
+    if cwd is not None and not os.path.isdir(cwd):
+        return Outcome(False, error_message=f"working directory {cwd} does not exist")
+    with tempfile.TemporaryFile() as stdout_file, tempfile.TemporaryFile() as stderr_file:
+        try:
+            process = subprocess.Popen(
+                argv,
+                cwd=cwd,
+                stdin=subprocess.PIPE,
+                stdout=stdout_file,
+                stderr=stderr_file,
+                env=child_environment(),
+                start_new_session=True,
+            )
+        except OSError as error:
+            return Outcome(False, error_message=f"cannot start {os.path.basename(argv[0])}: {error.strerror}")
+        deadline = time.monotonic() + timeout_seconds
+        stop_reason = _wait(process, prompt.encode("utf-8"), deadline=deadline, should_abort=should_abort)
+        if stop_reason is None and process.returncode is None:
+            stop_reason = f"timed out after {timeout_seconds:g} s; its process group was killed"
+        if stop_reason is not None:
+            _kill_group(process)
+        output = _read(stdout_file)
+        errors = _read(stderr_file)
+    exit_code = process.returncode
+    name = os.path.basename(argv[0])
+    if stop_reason is not None:
+        return Outcome(False, output, f"{name} {stop_reason}", exit_code)
+    if exit_code != 0:
+        last_lines = " | ".join(errors.strip().splitlines()[-3:])[:500]
+        return Outcome(
+            False, output, f"{name} exited with code {exit_code}" + (f": {last_lines}" if last_lines else ""), exit_code
+        )
+    return Outcome(True, output, "", exit_code)
+
+
+def _wait(
+    process: subprocess.Popen[bytes], stdin_bytes: bytes, *, deadline: float, should_abort: ShouldAbort
+) -> str | None:
+    """Feed stdin and wait; the reason to kill, or None when the process ended (or timed out)."""
+    first = True
+    while True:
+        try:
+            process.communicate(stdin_bytes if first else None, timeout=WAIT_STEP_SECONDS)
+            return None
+        except subprocess.TimeoutExpired:
+            pass
+        except ValueError:  # stdin already closed by a previous round
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                process.wait(timeout=WAIT_STEP_SECONDS)
+            if process.returncode is not None:
+                return None
+        first = False
+        reason = should_abort()
+        if reason:
+            return reason
+        if time.monotonic() >= deadline:
+            return None
+
+
+def _kill_group(process: subprocess.Popen[bytes]) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(process.pid, signal.SIGTERM)
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        process.wait(timeout=KILL_WAIT_SECONDS)
+    # Whatever is left of the group (the leader, or children it started) goes now.
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(process.pid, signal.SIGKILL)
+    process.wait()
+
+
+def _read(handle: object) -> str:
+    handle.seek(0)  # type: ignore[attr-defined]
+    data: bytes = handle.read()  # type: ignore[attr-defined]
+    return data.decode("utf-8", errors="replace")

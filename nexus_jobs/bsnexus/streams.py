@@ -1,0 +1,227 @@
+"""Redis Streams plumbing with redis-py: consumer groups, the order in which a worker takes
+tasks, results, acknowledgements, dead letters and the pending-entry figures of ``status``.
+
+Order of intake: first the worker's own pending entries (id ``0``: what it held when it last
+stopped), then entries idle longer than the visibility timeout on any consumer (XAUTOCLAIM:
+their worker died), then new ones (``>``). A running task's entry is kept fresh (XCLAIM
+JUSTID to itself), so only a dead worker's entries ever go idle.
+"""
+
+from __future__ import annotations
+
+import collections
+import time
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from . import tasks
+from .settings import Settings
+
+if TYPE_CHECKING:
+    import redis
+
+OWN_PENDING_BATCH = 10
+# After this many tasks in a row from one stream, look at the other one first.
+FAIRNESS_STREAK = 8
+
+
+@dataclass(frozen=True)
+class Channel:
+    stream: str
+    group: str
+    kind: str  # tasks.EXECUTION or tasks.QA
+
+
+@dataclass(frozen=True)
+class Delivery:
+    channel: Channel
+    message_id: str
+    fields: dict[str, str]
+    delivery_count: int
+    source: str  # "new", "own pending" or "claimed"
+
+
+def channels(settings: Settings) -> list[Channel]:
+    return [
+        Channel(settings.tasks_queue, settings.workers_group, tasks.EXECUTION),
+        Channel(settings.tasks_qa, settings.reviewers_group, tasks.QA),
+    ]
+
+
+def connect(url: str, *, poll_seconds: float) -> redis.Redis:
+    import redis
+
+    # Replace undecodable bytes instead of failing the whole read: a garbled field must
+    # become a failure result, not a crash.
+    return redis.Redis.from_url(
+        url,
+        decode_responses=True,
+        encoding_errors="replace",
+        socket_connect_timeout=5,
+        socket_timeout=poll_seconds + 10,
+        health_check_interval=30,
+    )
+
+
+def down_errors() -> tuple[type[BaseException], ...]:
+    """Exceptions that mean Redis went away (reconnect with backoff)."""
+    import redis
+
+    return (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError)
+
+
+def is_missing_group(error: BaseException) -> bool:
+    return "NOGROUP" in str(error)
+
+
+def ensure_groups(client: redis.Redis, channel_list: list[Channel]) -> None:
+    """Create the streams and groups when missing. The group starts at ``0`` so tasks added
+    before it existed are not skipped."""
+    import redis
+
+    for channel in channel_list:
+        try:
+            client.xgroup_create(channel.stream, channel.group, id="0", mkstream=True)
+        except redis.exceptions.ResponseError as error:
+            if "BUSYGROUP" not in str(error):
+                raise
+
+
+class TaskReader:
+    """Hands out deliveries one at a time in the intake order described above."""
+
+    def __init__(
+        self, client: redis.Redis, channel_list: list[Channel], *, consumer: str, visibility_timeout_seconds: float
+    ) -> None:
+        self.client = client
+        self.channels = channel_list
+        self.consumer = consumer
+        self.visibility_ms = max(1, int(visibility_timeout_seconds * 1000))
+        self.claim_every_seconds = min(max(visibility_timeout_seconds / 2, 0.05), 30.0)
+        self.own_pending_done = False
+        self.next_claim_at = 0.0
+        self.buffer: collections.deque[Delivery] = collections.deque()
+        self.preferred = 0
+        self.streak = 0
+
+    def next(self, *, block_ms: int) -> Delivery | None:
+        if self.buffer:
+            return self.buffer.popleft()
+        if not self.own_pending_done:
+            self.buffer.extend(self._own_pending())
+            if self.buffer:
+                return self.buffer.popleft()
+            self.own_pending_done = True
+        if time.monotonic() >= self.next_claim_at:
+            claimed = self._claim_idle()
+            if claimed is not None:
+                return claimed  # there may be more: look again next time
+            self.next_claim_at = time.monotonic() + self.claim_every_seconds
+        return self._new(block_ms=block_ms)
+
+    def _own_pending(self) -> list[Delivery]:
+        found = []
+        for channel in self.channels:
+            reply = self.client.xreadgroup(channel.group, self.consumer, {channel.stream: "0"}, count=OWN_PENDING_BATCH)
+            for message_id, fields in _entries(reply):
+                if not fields:  # deleted from the stream while pending: nothing to run
+                    self.client.xack(channel.stream, channel.group, message_id)
+                    continue
+                found.append(Delivery(channel, message_id, fields, self._count(channel, message_id), "own pending"))
+        return found
+
+    def _claim_idle(self) -> Delivery | None:
+        for channel in self.channels:
+            reply = self.client.xautoclaim(
+                channel.stream, channel.group, self.consumer, self.visibility_ms, start_id="0-0", count=1
+            )
+            for message_id, fields in reply[1] if len(reply) > 1 else []:
+                if not fields:
+                    self.client.xack(channel.stream, channel.group, message_id)
+                    continue
+                return Delivery(channel, message_id, fields, self._count(channel, message_id), "claimed")
+        return None
+
+    def _new(self, *, block_ms: int) -> Delivery | None:
+        if self.streak >= FAIRNESS_STREAK:
+            self.preferred, self.streak = (self.preferred + 1) % len(self.channels), 0
+        order = self.channels[self.preferred :] + self.channels[: self.preferred]
+        for channel in order:
+            reply = self.client.xreadgroup(channel.group, self.consumer, {channel.stream: ">"}, count=1)
+            for message_id, fields in _entries(reply):
+                self._note(channel)
+                return Delivery(channel, message_id, fields or {}, 1, "new")
+        # Nothing anywhere: wait on one stream (alternating) for a while.
+        waiting_on = order[0]
+        self.preferred = (self.preferred + 1) % len(self.channels)
+        reply = self.client.xreadgroup(
+            waiting_on.group, self.consumer, {waiting_on.stream: ">"}, count=1, block=block_ms
+        )
+        for message_id, fields in _entries(reply):
+            self._note(waiting_on)
+            return Delivery(waiting_on, message_id, fields or {}, 1, "new")
+        return None
+
+    def _note(self, channel: Channel) -> None:
+        index = self.channels.index(channel)
+        if index == self.preferred:
+            self.streak += 1
+        else:
+            self.preferred, self.streak = index, 1
+
+    def _count(self, channel: Channel, message_id: str) -> int:
+        """Redis's own delivery counter of a pending entry."""
+        rows = self.client.xpending_range(channel.stream, channel.group, min=message_id, max=message_id, count=1)
+        return int(rows[0]["times_delivered"]) if rows else 1
+
+
+def _entries(reply: Any) -> list[tuple[str, dict[str, str]]]:
+    if not reply:
+        return []
+    if isinstance(reply, dict):  # RESP3
+        return [entry for messages in reply.values() for entry in (messages[0] if messages else [])]
+    return [entry for _stream, messages in reply for entry in messages]
+
+
+def publish(client: redis.Redis, stream: str, fields: dict[str, str]) -> str:
+    return str(client.xadd(stream, fields))  # type: ignore[arg-type]
+
+
+def acknowledge(client: redis.Redis, channel: Channel, message_id: str) -> None:
+    client.xack(channel.stream, channel.group, message_id)
+
+
+def dead_letter(client: redis.Redis, stream: str, delivery: Delivery, *, reason: str, worker_id: str) -> str:
+    """Copy a poison message, with why and where it came from, to the dead-letter stream."""
+    fields = {
+        **delivery.fields,
+        "dead_letter_reason": reason,
+        "source_stream": delivery.channel.stream,
+        "source_group": delivery.channel.group,
+        "source_message_id": delivery.message_id,
+        "delivery_count": str(delivery.delivery_count),
+        "dead_lettered_by": worker_id,
+    }
+    return publish(client, stream, fields)
+
+
+def keep_fresh(client: redis.Redis, delivery: Delivery, *, consumer: str) -> None:
+    """Reset the idle time of a running task's entry so no other worker claims it.
+    JUSTID: the delivery counter is not incremented."""
+    client.xclaim(delivery.channel.stream, delivery.channel.group, consumer, 0, [delivery.message_id], justid=True)
+
+
+def pending_counts(client: redis.Redis, channel_list: list[Channel], *, consumer: str) -> dict[str, int]:
+    """Entries pending on ``consumer`` per ``stream/group``."""
+    import redis
+
+    counts = {}
+    for channel in channel_list:
+        key = f"{channel.stream}/{channel.group}"
+        try:
+            summary = client.xpending(channel.stream, channel.group)
+        except redis.exceptions.ResponseError:  # no such stream or group yet
+            counts[key] = 0
+            continue
+        counts[key] = sum(int(row["pending"]) for row in summary.get("consumers", []) if row["name"] == consumer)
+    return counts
