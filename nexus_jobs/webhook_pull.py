@@ -44,7 +44,7 @@ MAX_REASON_CHARS = 300
 log = logging.getLogger("nexus_jobs")
 
 # The options of a webhook_pull entry's "config" object (jobs[].config).
-JOB_OPTIONS = (
+OPTIONS = (
     Option("delivery", list, ["inbox"], "delivery modes, in order: inbox, hook, command", flag="--delivery"),
     Option("agents", list, [], "agents to pull for (default: every configured or discovered agent)"),
     Option("inboxDir", str, "inbox/webhooks", "inbox folder, relative to the agent's workspace"),
@@ -84,7 +84,7 @@ class Settings:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = cli.new_parser(PROG, "Fetch pending Nexus webhook items, deliver them to agents, acknowledge them.")
-    cli.add_options(parser, (*config.NEXUS_OPTIONS, *JOB_OPTIONS))
+    cli.add_options(parser, (*config.NEXUS_OPTIONS, *OPTIONS))
     return cli.main(prog=PROG, parser=parser, run=run, argv=argv)
 
 
@@ -123,7 +123,7 @@ def run(args: argparse.Namespace) -> int:
 def resolve_job_options(loaded: config.LoadedConfig, job: config.JobEntry, flags: dict[str, Any]) -> dict[str, Any]:
     """The job's options, checked together; also used by ``nexus-jobs check-config``."""
     where = f"{job.key_path}.config" if job.key_path else "config"
-    options = config.resolve(JOB_OPTIONS, loaded=loaded, section=job.config, section_path=where, flags=flags)
+    options = config.resolve(OPTIONS, loaded=loaded, section=job.config, section_path=where, flags=flags)
     problems = [
         f"{loaded.where(where + '.delivery')}: expected a list of {', '.join(DELIVERY_MODES)}, got {mode!r}"
         for mode in options["delivery"]

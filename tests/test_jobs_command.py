@@ -1,0 +1,344 @@
+"""``nexus-jobs status | run-due | check-config``, driven as a user would."""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Iterator
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any
+
+import filelock
+import pytest
+
+from tests.conftest import assert_clean_failure, free_port, run_cli
+from tests.nexus_webhooks_double import API_KEY, HOOKS_TOKEN, GatewayDouble, NexusWebhooksDouble
+
+
+class Install:
+    """A config file with one agent and the given jobs, its state dir and environment."""
+
+    def __init__(self, tmp_path: Path, env: dict[str, str]) -> None:
+        self.root = tmp_path
+        self.state_dir = tmp_path / "state"
+        self.workspace = tmp_path / "workspace"
+        self.workspace.mkdir()
+        (tmp_path / "openclaw" / "agents" / "main" / "sessions").mkdir(parents=True)
+        self.config = tmp_path / "config.json"
+        self.env = {**env, "NEXUS_API_KEY": API_KEY, "NEXUS_RETRIES": "0", "OPENCLAW_HOOKS_TOKEN": HOOKS_TOKEN}
+
+    def write(self, jobs: list[dict[str, Any]], *, endpoint: str | None = None, **extra: Any) -> None:
+        document: dict[str, Any] = {
+            "agents": {"main": {"workspace": str(self.workspace), "sessionsDir": str(self.sessions)}},
+            "stateDir": str(self.state_dir),
+            "jobs": jobs,
+            **extra,
+        }
+        if endpoint is not None:
+            document["nexus"] = {"endpoint": endpoint}
+        self.config.write_text(json.dumps(document))
+
+    @property
+    def sessions(self) -> Path:
+        return self.root / "openclaw" / "agents" / "main" / "sessions"
+
+    def jobs(self, *args: str) -> Any:
+        return run_cli("nexus-jobs", *args, "--config", str(self.config), env=self.env)
+
+    def record(self, job_id: str) -> dict[str, Any]:
+        return json.loads((self.state_dir / f"{job_id}.json").read_text())
+
+    def age_last_success(self, job_id: str, minutes: float) -> None:
+        """Inject time: pretend the last successful start was ``minutes`` ago."""
+        path = self.state_dir / f"{job_id}.json"
+        record = json.loads(path.read_text())
+        moment = datetime.now(timezone.utc) - timedelta(minutes=minutes)
+        record["lastSuccessStartedAt"] = moment.isoformat(timespec="milliseconds")
+        path.write_text(json.dumps(record))
+
+    def pending(self, *item_ids: str) -> None:
+        folder = self.state_dir / "nexus-store" / "webhook" / "pending" / "main"
+        folder.mkdir(parents=True, exist_ok=True)
+        for item_id in item_ids:
+            (folder / f"{item_id}.json").write_text(json.dumps({"id": item_id, "source": "test", "payload": {}}))
+
+
+def webhook_job(job_id: str, **fields: Any) -> dict[str, Any]:
+    return {"id": job_id, "type": "webhook_pull", **fields}
+
+
+@pytest.fixture
+def install(tmp_path: Path, clean_env: dict[str, str]) -> Install:
+    return Install(tmp_path, clean_env)
+
+
+@pytest.fixture
+def held_lock(install: Install) -> Iterator[Any]:
+    locks: list[filelock.FileLock] = []
+
+    def hold(job_id: str) -> None:
+        install.state_dir.mkdir(parents=True, exist_ok=True)
+        lock = filelock.FileLock(str(install.state_dir / f"{job_id}.lock"))
+        lock.acquire()
+        locks.append(lock)
+
+    yield hold
+    for lock in locks:
+        lock.release()
+
+
+# ---------------------------------------------------------------- status
+
+
+def test_status_of_a_fresh_install_shows_the_default_job(clean_env: dict[str, str]) -> None:
+    result = run_cli("nexus-jobs", "status", env=clean_env)
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert lines[0] == "config: none found (defaults)"
+    assert lines[2].split()[:3] == ["JOB", "TYPE", "ENABLED"]
+    row = lines[3].split()
+    assert row[:3] == ["session-upload", "session_upload", "yes"] and "never run" in lines[3]
+    assert row[-1] == "free"
+    document = json.loads(run_cli("nexus-jobs", "status", "--json", env=clean_env).stdout)
+    (job,) = document["jobs"]
+    assert job["job"] == "session-upload" and job["lastRun"] is None and job["due"] is True
+    assert job["lockHeld"] is False and job["deadLetters"] == 0
+
+
+def test_status_after_success_failure_and_with_a_held_lock(
+    install: Install, held_lock: Any, nexus_webhooks: NexusWebhooksDouble
+) -> None:
+    install.write(
+        [
+            webhook_job("local", intervalMinutes=30),
+            webhook_job("remote", intervalMinutes=5, config={"agents": ["main"]}),
+            webhook_job("off", enabled=False),
+        ]
+    )
+    install.pending("a1", "a2")
+    assert (
+        run_cli("nexus-webhook-pull", "--config", str(install.config), "--job-id", "local", env=install.env).returncode
+        == 0
+    )
+    # "remote" talks to an unreachable Nexus: a failure.
+    document = json.loads(install.config.read_text())
+    document["nexus"] = {"endpoint": f"http://127.0.0.1:{free_port()}"}
+    install.config.write_text(json.dumps(document))
+    failed = run_cli("nexus-webhook-pull", "--config", str(install.config), "--job-id", "remote", env=install.env)
+    assert failed.returncode == 69
+    held_lock("off")
+
+    result = install.jobs("status")
+    assert result.returncode == 0, result.stderr
+    rows = {
+        line.split()[0]: line
+        for line in result.stdout.splitlines()[3:]
+        if line.split()[0] in ("local", "remote", "off")
+    }
+    assert "success" in rows["local"] and "delivered 2" in rows["local"] and "30m" in rows["local"]
+    assert rows["local"].rstrip().endswith("free")
+    assert "backend unavailable (69)" in rows["remote"] and "now" in rows["remote"]
+    assert "disabled" in rows["off"] and rows["off"].rstrip().endswith("held") and "never run" in rows["off"]
+    assert "remote: " in result.stdout and "connection refused" in result.stdout
+
+    jobs = {job["job"]: job for job in json.loads(install.jobs("status", "--json").stdout)["jobs"]}
+    local = jobs["local"]
+    assert local["lastResult"] == "success" and local["due"] is False and local["nextDue"] is not None
+    assert local["counts"]["delivered"] == 2 and local["standing"]["delivered"] == 2
+    assert jobs["remote"]["lastExitCode"] == 69 and jobs["remote"]["due"] is True
+    assert jobs["remote"]["consecutiveFailures"] == 1
+    assert jobs["off"]["lockHeld"] is True and jobs["off"]["enabled"] is False
+    assert API_KEY not in result.stdout + result.stderr
+
+
+def test_status_shows_dead_letters(install: Install) -> None:
+    fail = [sys.executable, "-c", "import sys; sys.exit(1)"]
+    install.write([webhook_job("wh", config={"delivery": ["command"], "command": fail, "maxDeliveryAttempts": 1})])
+    install.pending("doomed")
+    assert run_cli("nexus-webhook-pull", "--config", str(install.config), env=install.env).returncode == 1
+    (job,) = json.loads(install.jobs("status", "--json").stdout)["jobs"]
+    assert job["deadLetters"] == 1 and job["lastResult"] == "partial failure"
+
+
+# ---------------------------------------------------------------- run-due
+
+
+def test_run_due_honours_enabled_and_interval_across_invocations(install: Install) -> None:
+    install.write(
+        [
+            webhook_job("hourly", intervalMinutes=60),
+            webhook_job("always"),
+            webhook_job("disabled", enabled=False),
+        ]
+    )
+    install.pending("i1")
+    first = install.jobs("run-due")
+    assert (first.returncode, first.stdout, first.stderr) == (0, "", "")
+    assert install.record("hourly")["runs"] == 1 and install.record("always")["runs"] == 1
+    assert not (install.state_dir / "disabled.json").exists()
+    assert list((install.workspace / "inbox" / "webhooks").iterdir())  # the item was delivered
+
+    second = json.loads(install.jobs("run-due", "--json").stdout)
+    ran = {job["job"]: job["ran"] for job in second["jobs"]}
+    assert ran == {"hourly": False, "always": True, "disabled": False}
+    assert install.record("hourly")["runs"] == 1 and install.record("always")["runs"] == 2
+
+    install.age_last_success("hourly", 59)
+    assert install.jobs("run-due").returncode == 0
+    assert install.record("hourly")["runs"] == 1
+    install.age_last_success("hourly", 61)
+    assert install.jobs("run-due").returncode == 0
+    assert install.record("hourly")["runs"] == 2 and install.record("always")["runs"] == 4
+    assert not (install.state_dir / "disabled.json").exists()
+
+
+def test_run_due_exit_code_is_the_worst_job_result(install: Install, held_lock: Any) -> None:
+    fail = [sys.executable, "-c", "import sys; sys.exit(1)"]
+    install.write(
+        [
+            webhook_job("bad", config={"delivery": ["command"], "command": fail}),
+            webhook_job("good"),
+            webhook_job("busy"),
+        ]
+    )
+    install.pending("x")
+    held_lock("busy")
+    result = install.jobs("run-due", "--json")
+    assert result.returncode == 1, result.stderr
+    document = json.loads(result.stdout.splitlines()[-1])
+    codes = {job["job"]: job["exitCode"] for job in document["jobs"]}
+    assert codes == {"bad": 1, "good": 0, "busy": 75}
+    assert document["exitCode"] == 1 and "Traceback" not in result.stderr
+
+
+def test_run_due_dry_run_runs_nothing(install: Install) -> None:
+    install.write([webhook_job("wh")])
+    result = install.jobs("run-due", "--dry-run", "-v")
+    assert result.returncode == 0 and "wh: due" in result.stderr
+    assert not (install.state_dir / "wh.json").exists()
+
+
+# ---------------------------------------------------------------- check-config
+
+
+def check_lines(result: Any) -> dict[str, list[str]]:
+    lines: dict[str, list[str]] = {}
+    for line in result.stdout.splitlines():
+        status, _, rest = line.partition("  ")
+        lines.setdefault(status.strip(), []).append(rest.strip())
+    return lines
+
+
+def test_check_config_all_good_is_read_only(
+    install: Install, nexus_webhooks: NexusWebhooksDouble, gateway: GatewayDouble
+) -> None:
+    options = {"delivery": ["inbox", "hook", "command"], "gatewayUrl": gateway.url, "command": [sys.executable]}
+    install.write(
+        [webhook_job("wh", config=options, pingUrl="http://127.0.0.1:9/ping-check-uuid")],
+        endpoint=nexus_webhooks.url,
+    )
+    nexus_webhooks.add("main", {"id": "keep-me", "source": "s", "payload": {}})
+    result = install.jobs("check-config", "--debug")
+    assert result.returncode == 0, result.stdout + result.stderr
+    lines = check_lines(result)
+    assert "FAIL" not in lines, result.stdout
+    assert any(line.startswith("nexus backend: Nexus webhook API") for line in lines["ok"])
+    assert any("OpenClaw Gateway" in line for line in lines["ok"])
+    assert any("not contacted" in line for line in lines["ok"])
+    # Read-only: GETs only, the pending item is still there, no state directory created.
+    assert {r.method for r in nexus_webhooks.requests} == {"GET"}
+    assert gateway.made("POST", "/hooks/agent") == [] and nexus_webhooks.pending["main"]
+    assert not install.state_dir.exists()
+    assert API_KEY not in result.stdout + result.stderr and HOOKS_TOKEN not in result.stdout + result.stderr
+
+
+def test_check_config_reports_every_failure_one_line_each(install: Install) -> None:
+    options = {
+        "delivery": ["hook", "command"],
+        "command": ["no-such-program-xyz"],
+        "gatewayUrl": f"http://127.0.0.1:{free_port()}",
+    }
+    install.write(
+        [webhook_job("wh", config=options), webhook_job("bad", config={"pageSize": 0})],
+        endpoint=f"http://127.0.0.1:{free_port()}",
+    )
+    result = install.jobs("check-config")
+    assert result.returncode == 78, result.stdout + result.stderr  # the worst: a config error
+    failures = check_lines(result)["FAIL"]
+    assert any(line.startswith("job bad:") and "pageSize" in line for line in failures)
+    assert any("no-such-program-xyz" in line for line in failures)
+    assert any("OpenClaw Gateway" in line and "connection refused" in line for line in failures)
+    assert any(line.startswith("nexus backend:") and "connection refused" in line for line in failures)
+    assert "Traceback" not in result.stderr
+
+
+def test_check_config_backend_failures_set_the_exit_code(install: Install, nexus_webhooks: NexusWebhooksDouble) -> None:
+    install.write([webhook_job("wh")], endpoint=nexus_webhooks.url)
+    install.env["NEXUS_API_KEY"] = "wrong-key-for-check"
+    result = install.jobs("check-config")
+    assert result.returncode == 77 and "wrong-key-for-check" not in result.stdout + result.stderr
+    assert any("refused the API key" in line for line in check_lines(result)["FAIL"])
+    install.write([webhook_job("wh")], endpoint=f"http://127.0.0.1:{free_port()}")
+    assert install.jobs("check-config").returncode == 69
+    del install.env["NEXUS_API_KEY"]
+    install.write([webhook_job("wh")], endpoint=nexus_webhooks.url)
+    result = install.jobs("check-config", "--json")
+    assert result.returncode == 78
+    document = json.loads(result.stdout)
+    assert document["ok"] is False
+    assert any(c["status"] == "FAIL" and "NEXUS_API_KEY" in c["detail"] for c in document["checks"])
+
+
+def test_check_config_state_dir_and_agents(install: Install) -> None:
+    (install.root / "state-file").write_text("")
+    install.write([webhook_job("wh")], stateDir=str(install.root / "state-file"))
+    install.env["OPENCLAW_STATE_DIR"] = str(install.root / "nowhere")
+    result = install.jobs("check-config")
+    assert result.returncode == 78
+    assert any(
+        line.startswith("state directory:") and "not a directory" in line for line in check_lines(result)["FAIL"]
+    )
+    document = json.loads(install.config.read_text())
+    del document["agents"]
+    document["stateDir"] = str(install.state_dir)
+    install.config.write_text(json.dumps(document))
+    result = install.jobs("check-config")
+    assert result.returncode == 78
+    assert any(line.startswith("agents: none configured") for line in check_lines(result)["FAIL"])
+
+
+def test_check_config_malformed_config_is_one_fail_line(install: Install) -> None:
+    install.config.write_text('{"jobs": [}')
+    result = install.jobs("check-config")
+    assert result.returncode == 78 and "Traceback" not in result.stderr
+    assert check_lines(result) == {
+        "FAIL": [f"config: {install.config}: line 1 column 11: invalid JSON: Expecting value"]
+    }
+
+
+# ---------------------------------------------------------------- bad input
+
+
+@pytest.mark.parametrize(
+    ("args", "code", "words"),
+    [
+        ([], 2, "required: COMMAND"),
+        (["frobnicate"], 2, "invalid choice"),
+        (["status", "--bogus"], 2, "unrecognized arguments"),
+        (["status", "--config", "/nonexistent/config.json"], 78, "config file not found"),
+        (["run-due", "--config", "/nonexistent/config.json"], 78, "config file not found"),
+    ],
+)
+def test_bad_input_is_a_clean_failure(clean_env: dict[str, str], args: list[str], code: int, words: str) -> None:
+    result = run_cli("nexus-jobs", *args, env=clean_env)
+    assert_clean_failure(result, code)
+    assert words in result.stderr
+
+
+def test_malformed_config_status_and_run_due(install: Install) -> None:
+    install.config.write_text('{"jobs": [{"id": "x", "type": "mystery"}]}')
+    for command in ("status", "run-due"):
+        result = install.jobs(command)
+        assert_clean_failure(result, 78)
+        assert "jobs[0].type" in result.stderr
