@@ -1,0 +1,290 @@
+"""bsnexus-worker run: the round trip through real Redis Streams with the fake ``claude``,
+bad input, executors, stopping, and secrets."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+from tests.bsnexus_backend import (
+    REGISTRATION_TOKEN,
+    Backend,
+    WorkerSetup,
+    add_task,
+    finish,
+    prompt_json,
+    results,
+)
+from tests.conftest import assert_clean_failure, wait_until
+from tests.redis_server import RedisServer
+
+EXECUTION_FIELDS = {
+    "task_id",
+    "worker_id",
+    "type",
+    "success",
+    "output_path",
+    "error_message",
+    "commit_hash",
+    "branch_name",
+}
+QA_FIELDS = {"task_id", "worker_id", "type", "passed", "feedback", "error_message"}
+
+
+def _git(repo: Path, *args: str) -> str:
+    return subprocess.run(["git", "-C", str(repo), *args], capture_output=True, text=True, check=True).stdout.strip()
+
+
+def test_round_trip_execution_and_qa(
+    worker_setup: WorkerSetup, bsnexus_backend: Backend, redis_server: RedisServer, tmp_path: Path
+) -> None:
+    worker_setup.register(bsnexus_backend.url, redis_server.url)
+    worker_id = worker_setup.saved()["BSNEXUS_WORKER_ID"]
+    client = redis_server.client()
+    repo = tmp_path / "projects" / "app"
+    add_task(
+        client,
+        task_id="t-1",
+        title="Add a greeting",
+        repo_path=str(repo),
+        branch_name="task/t-1",
+        worker_prompt=prompt_json("write hello.txt"),
+    )
+    add_task(
+        client,
+        task_id="t-2",
+        repo_path=str(repo),
+        branch_name="task/t-2",
+        worker_prompt=prompt_json("second try"),
+        retry_feedback="the file was empty",
+        retry_count="2",
+    )
+    add_task(client, stream="tasks:qa", task_id="t-1", repo_path=str(repo), qa_prompt=prompt_json("check t-1"))
+    add_task(client, stream="tasks:qa", task_id="t-2", repo_path=str(repo), qa_prompt=prompt_json("check @reject"))
+    result = worker_setup.cli("run", "--max-tasks", "4", "--json")
+    assert result.returncode == 0, result.stderr
+    assert result.stderr == ""  # quiet on success
+    summary = json.loads(result.stdout)
+    assert summary["tasks"] == 4 and summary["tasksDone"] == 3 and summary["tasksFailed"] == 1
+    assert "--max-tasks 4" in summary["stopReason"]
+
+    published = {(fields["type"], fields["task_id"]): fields for fields in results(client)}
+    assert len(published) == 4
+    first = published[("execution", "t-1")]
+    assert set(first) >= EXECUTION_FIELDS
+    assert first["success"] == "true" and first["worker_id"] == worker_id and first["error_message"] == ""
+    assert first["branch_name"] == "task/t-1"
+    assert first["commit_hash"] == _git(repo, "rev-parse", "task/t-1")
+    assert _git(repo, "log", "-1", "--format=%s", "task/t-1") == "feat(task-t-1): Add a greeting"
+    assert "work-" in _git(repo, "show", "--name-only", "--format=", "task/t-1")
+    second = published[("execution", "t-2")]
+    assert second["success"] == "true" and second["commit_hash"] == _git(repo, "rev-parse", "task/t-2")
+    assert second["commit_hash"] != first["commit_hash"]
+    passed = published[("qa", "t-1")]
+    assert set(passed) >= QA_FIELDS and passed["passed"] == "true" and "looks right" in passed["feedback"]
+    rejected = published[("qa", "t-2")]
+    assert rejected["passed"] == "false" and "do not pass" in rejected["feedback"] and rejected["error_message"] == ""
+
+    calls = worker_setup.claude_calls()
+    assert len(calls) == 4
+    for call in calls:
+        assert call["argv"][1:] == ["--print", "--dangerously-skip-permissions"]
+        assert call["cwd"] == str(repo)
+    retried = next(call for call in calls if "second try" in call["prompt"])
+    assert retried["prompt"].startswith("PREVIOUS ATTEMPT FAILED (attempt 2).")
+    assert "the file was empty" in retried["prompt"]
+    assert any("Start with PASS or FAIL" in call["prompt"] for call in calls)
+    for stream, group in (("tasks:queue", "workers"), ("tasks:qa", "reviewers")):
+        assert client.xpending(stream, group)["pending"] == 0
+    assert bsnexus_backend.state.heartbeats(worker_id) >= 1
+
+    status = worker_setup.cli("status", "--json")
+    assert status.returncode == 0, status.stderr
+    facts = json.loads(status.stdout)
+    assert facts["workerId"] == worker_id and facts["serverUrl"] == bsnexus_backend.url
+    assert facts["tasksDone"] == 3 and facts["tasksFailed"] == 1 and facts["running"] is False
+    assert facts["lastHeartbeatAt"] and facts["pending"] == {"tasks:queue/workers": 0, "tasks:qa/reviewers": 0}
+    text = worker_setup.cli("status")
+    assert "tasks done:     3" in text.stdout and "last heartbeat:" in text.stdout
+
+
+def test_bad_tasks_become_failure_results(
+    worker_setup: WorkerSetup, bsnexus_backend: Backend, redis_server: RedisServer, tmp_path: Path
+) -> None:
+    worker_setup.register(bsnexus_backend.url, redis_server.url)
+    client = redis_server.client()
+    repo = str(tmp_path / "repo")
+    bad = [
+        ({"worker_prompt": prompt_json("x")}, "no task_id"),
+        ({"task_id": "b-2", "repo_path": repo}, "no worker_prompt"),
+        ({"task_id": "b-3", "repo_path": repo, "worker_prompt": "just do it"}, "not JSON"),
+        ({"task_id": "b-4", "repo_path": repo, "worker_prompt": '{"text": 1}'}, 'no "prompt"'),
+        ({"task_id": "b-5", "repo_path": "relative/dir", "worker_prompt": prompt_json("x")}, "absolute"),
+        ({"task_id": "b-6", "worker_prompt": prompt_json("x")}, "no repo_path"),
+        ({"task_id": "b-7", "repo_path": repo, "worker_prompt": prompt_json("@fail")}, "exited with code 3"),
+        (
+            {"task_id": "b-8", "repo_path": repo, "executor_type": "gpt-cli", "worker_prompt": prompt_json("x")},
+            "executor 'gpt-cli'",
+        ),
+        ({"task_id": "b-9", "repo_path": repo, "branch_name": "bad name", "worker_prompt": prompt_json("x")}, "branch"),
+        ({"task_id": "b-10", "type": "revert", "repo_path": repo}, "revert needs"),
+    ]
+    for fields, _reason in bad:
+        add_task(client, **fields)
+    client.xadd("tasks:queue", {"task_id": b"b-11\xff\xfe", "worker_prompt": b"\xc3\x28 not utf-8"})
+    add_task(client, stream="tasks:qa", task_id="q-1", qa_prompt="[1, 2]")
+    add_task(client, task_id="ok-1", repo_path=repo, worker_prompt=prompt_json("fine"))
+    result = worker_setup.cli("run", "--max-tasks", str(len(bad) + 3))
+    assert result.returncode == 0, result.stderr
+    assert "Traceback" not in result.stderr
+    published = results(client)
+    assert len(published) == len(bad) + 3
+    executions = [fields for fields in published if fields["type"] == "execution"]
+    for (_fields, reason), fields in zip(bad, executions[: len(bad)], strict=True):
+        assert fields["success"] == "false", fields
+        assert reason in fields["error_message"], (reason, fields["error_message"])
+    garbled = executions[len(bad)]
+    assert garbled["success"] == "false" and garbled["task_id"].startswith("b-11")
+    assert "not JSON" in garbled["error_message"]
+    qa = next(fields for fields in published if fields["type"] == "qa")
+    assert qa["passed"] == "false" and "qa_prompt" in qa["error_message"]
+    ok = next(fields for fields in published if fields["task_id"] == "ok-1")
+    assert ok["success"] == "true" and len(ok["commit_hash"]) == 40
+    assert len(result.stderr.strip().splitlines()) >= len(bad)  # each failure is said once, on one line
+
+
+def test_missing_claude_binary_and_command_executor(
+    worker_setup: WorkerSetup, bsnexus_backend: Backend, redis_server: RedisServer, tmp_path: Path
+) -> None:
+    worker_setup.register(bsnexus_backend.url, redis_server.url)
+    client = redis_server.client()
+    repo = str(tmp_path / "repo")
+    add_task(client, task_id="m-1", repo_path=repo, worker_prompt=prompt_json("x"))
+    missing = worker_setup.cli("run", "--max-tasks", "1", BSNEXUS_CLAUDE_BINARY="claude-not-installed")
+    assert missing.returncode == 0, missing.stderr
+    assert "not on PATH" in missing.stderr
+    (failed,) = results(client)
+    assert failed["success"] == "false" and "'claude-not-installed' was not found" in failed["error_message"]
+
+    agent = tmp_path / "agent.py"
+    agent.write_text(
+        "import sys, pathlib\n"
+        "prompt = sys.stdin.read()\n"
+        "pathlib.Path('answer.txt').write_text(sys.argv[1] + ':' + prompt)\n"
+        "print('PASS, fine' if sys.argv[2] == 'qa' else 'wrote it')\n"
+    )
+    add_task(client, task_id="c-1", repo_path=repo, branch_name="feature", worker_prompt=prompt_json("make it"))
+    add_task(client, stream="tasks:qa", task_id="c-1", repo_path=repo, qa_prompt=prompt_json("review it"))
+    command = worker_setup.cli(
+        "run",
+        "--max-tasks",
+        "2",
+        BSNEXUS_EXECUTOR_TYPE="command",
+        BSNEXUS_COMMAND=f"{os.sys.executable} {agent} {{task_id}} {{kind}}",  # type: ignore[attr-defined]
+    )
+    assert command.returncode == 0, command.stderr
+    executed, reviewed = results(client)[1:]
+    assert executed["success"] == "true" and executed["branch_name"] == "feature"
+    assert _git(Path(repo), "show", "feature:answer.txt").startswith("c-1:make it")
+    assert reviewed["type"] == "qa" and reviewed["passed"] == "true"
+
+
+def test_timeout_kills_the_process_group(
+    worker_setup: WorkerSetup, bsnexus_backend: Backend, redis_server: RedisServer, tmp_path: Path
+) -> None:
+    worker_setup.register(bsnexus_backend.url, redis_server.url)
+    client = redis_server.client()
+    add_task(client, task_id="slow", repo_path=str(tmp_path / "repo"), worker_prompt=prompt_json("@sleep=30"))
+    started = time.monotonic()
+    result = worker_setup.cli("run", "--max-tasks", "1", BSNEXUS_TASK_TIMEOUT_SECONDS="0.5")
+    assert result.returncode == 0, result.stderr
+    assert time.monotonic() - started < 15
+    (failed,) = results(client)
+    assert failed["success"] == "false" and "timed out after 0.5 s" in failed["error_message"]
+    (call,) = worker_setup.claude_calls()
+    assert not Path(f"/proc/{call['pid']}").exists() or "zombie" in Path(f"/proc/{call['pid']}/status").read_text()
+
+
+def test_sigterm_lets_the_task_finish_within_grace_then_kills(
+    worker_setup: WorkerSetup, bsnexus_backend: Backend, redis_server: RedisServer, tmp_path: Path
+) -> None:
+    worker_setup.register(bsnexus_backend.url, redis_server.url)
+    client = redis_server.client()
+    repo = str(tmp_path / "repo")
+    add_task(client, task_id="short", repo_path=repo, worker_prompt=prompt_json("@sleep=1"))
+    worker = worker_setup.start()
+    wait_until(lambda: worker_setup.claude_calls(), what="the task to start")
+    worker.send_signal(signal.SIGTERM)
+    code, _out, err = finish(worker)
+    assert code == 0, err
+    (done,) = results(client)
+    assert done["success"] == "true", done  # finished within the grace period
+
+    add_task(client, task_id="long", repo_path=repo, worker_prompt=prompt_json("@ignore-term @sleep=60"))
+    add_task(client, task_id="never", repo_path=repo, worker_prompt=prompt_json("x"))
+    worker = worker_setup.start(BSNEXUS_GRACE_SECONDS="0.5")
+    wait_until(lambda: len(worker_setup.claude_calls()) == 2, what="the long task to start")
+    worker.send_signal(signal.SIGTERM)
+    code, _out, err = finish(worker)
+    assert code == 0, err
+    killed = results(client)[1]
+    assert killed["task_id"] == "long" and killed["success"] == "false"
+    assert "grace period" in killed["error_message"] and "SIGTERM" in killed["error_message"]
+    assert len(results(client)) == 2  # intake stopped: "never" was not taken
+    assert client.xpending("tasks:queue", "workers")["pending"] == 0
+    assert client.xlen("tasks:queue") == 3
+
+
+def test_duration_stops_intake_and_second_run_exits_75(
+    worker_setup: WorkerSetup, bsnexus_backend: Backend, redis_server: RedisServer
+) -> None:
+    worker_setup.register(bsnexus_backend.url, redis_server.url)
+    started = time.monotonic()
+    worker = worker_setup.start("--duration", "3")
+    wait_until(lambda: worker_setup.state_dir.is_dir() and list(worker_setup.state_dir.glob("*.json")), what="start")
+    second = worker_setup.cli("run", "--duration", "1", "-v")
+    assert_clean_failure(second, 75)
+    assert "already running" in second.stderr
+    quiet = worker_setup.cli("run", "--duration", "1")
+    assert quiet.returncode == 75 and quiet.stderr == ""  # a skipped overlapping run is quiet
+    assert json.loads(worker_setup.cli("status", "--json").stdout)["running"] is True
+    code, _out, err = finish(worker)
+    assert code == 0, err
+    assert 2.5 < time.monotonic() - started < 15
+
+
+def test_tokens_never_reach_logs_results_or_process_arguments(
+    worker_setup: WorkerSetup, bsnexus_backend: Backend, redis_server: RedisServer, tmp_path: Path
+) -> None:
+    worker_setup.register(bsnexus_backend.url, redis_server.url)
+    token = worker_setup.saved()["BSNEXUS_WORKER_TOKEN"]
+    client = redis_server.client()
+    add_task(client, task_id="s-1", repo_path=str(tmp_path / "repo"), worker_prompt=prompt_json("@sleep=1"))
+    add_task(client, task_id="s-2", repo_path=str(tmp_path / "repo"), worker_prompt=prompt_json("@fail"))
+    # The operator's environment carries the tokens too (systemd EnvironmentFile=).
+    worker = worker_setup.start(
+        "--max-tasks",
+        "2",
+        "--debug",
+        "-v",
+        "--json",
+        BSNEXUS_REGISTRATION_TOKEN=REGISTRATION_TOKEN,
+        BSNEXUS_WORKER_TOKEN=token,
+    )
+    wait_until(lambda: worker_setup.claude_calls(), what="the task to start")
+    child = worker_setup.claude_calls()[0]["pid"]
+    command_lines = [Path(f"/proc/{pid}/cmdline").read_bytes() for pid in (worker.pid, child)]
+    code, out, err = finish(worker)
+    assert code == 0, err
+    status = worker_setup.cli("status", "--json", "--debug")
+    everything = "\n".join(
+        [out, err, status.stdout, status.stderr, json.dumps(results(client)), *(c.decode() for c in command_lines)]
+    )
+    for call in worker_setup.claude_calls():
+        everything += json.dumps(call["argv"]) + json.dumps(call["env"])
+    assert "task s-1" in err  # the debug log was written
+    assert token not in everything and REGISTRATION_TOKEN not in everything
