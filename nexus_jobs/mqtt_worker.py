@@ -1,0 +1,288 @@
+"""``mqtt-job-worker``: take ONE job pointer from MQTT, run its steps in the workDir on the
+shared drive, publish the result, acknowledge the pointer, exit. A restart policy (Docker
+``restart: always``, systemd ``Restart=always``) starts the next one in a fresh process.
+
+Nothing is lost: the worker keeps a persistent session (fixed client id, clean start off,
+session expiry) with a QoS 1 subscription and a receive maximum of 1, so the broker hands it
+one pointer at a time and keeps the others queued while it works or is down. The pointer is
+acknowledged (paho-mqtt manual ack) only after the result has been published and the broker
+has acknowledged it; a worker killed mid-job gets the pointer again at its next start.
+
+Nothing is run twice: a result record in the workDir, written before publishing, turns a
+redelivered finished job into a re-publication of its result, and a lock file in the workDir
+keeps two workers from running one job.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from typing import Any
+
+from . import cli, mqtt_jobs, state
+from .errors import EXIT_OK, JobError, TransientError
+from .mqtt_broker import WAIT_SLICE_SECONDS, BrokerSession
+from .mqtt_settings import PROG, Settings, add_flags, load_settings
+
+log = logging.getLogger("nexus_jobs.mqtt_worker")
+
+# Variables of the worker that the job's steps must not inherit.
+PRIVATE_ENV = ("MQTT_URL", "MQTT_USERNAME", "MQTT_PASSWORD")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = cli.new_parser(
+        PROG,
+        "Take one job pointer from MQTT, run its steps in the shared-drive workDir, publish the result, exit.",
+        scheduled=False,
+    )
+    add_flags(parser)
+    return cli.main(prog=PROG, parser=parser, run=run, argv=argv)
+
+
+def run(args: argparse.Namespace) -> int:
+    started = state.now_utc()
+    settings = load_settings(args)
+    try:
+        outcome, result = work(settings)
+    except JobError as error:
+        if args.json:
+            cli.print_json(
+                _summary(settings, started, outcome="error", result=None, exit_code=error.exit_code, message=str(error))
+            )
+        raise
+    if args.json:
+        cli.print_json(_summary(settings, started, outcome=outcome, result=result, exit_code=EXIT_OK))
+    return EXIT_OK
+
+
+def _summary(
+    settings: Settings,
+    started: Any,
+    *,
+    outcome: str,
+    result: dict[str, Any] | None,
+    exit_code: int,
+    message: str = "",
+) -> dict[str, Any]:
+    return {
+        "worker": settings.worker_id,
+        "broker": settings.broker,
+        "outcome": outcome,
+        "exitCode": exit_code,
+        "startedAt": state.isoformat(started),
+        "durationSeconds": round((state.now_utc() - started).total_seconds(), 3),
+        "result": result,
+        "message": message,
+    }
+
+
+# --- the one-shot flow ----------------------------------------------------------------
+
+
+def work(settings: Settings) -> tuple[str, dict[str, Any] | None]:
+    """Connect, take one pointer, handle it, disconnect. Returns how the run ended (one of
+    the named ways out) and the result published, if any."""
+    signals = StopSignals()
+    signals.install()
+    session = BrokerSession(settings)
+    session.open()
+    try:
+        message = receive(session, settings=settings, signals=signals)
+        if message is None:
+            if signals.requested:
+                log.info("stopped by a signal before a job came")
+                return "stopped", None
+            log.info("no job came within %g s", settings.wait_timeout_seconds)
+            return "no job", None
+        return handle(message, session=session, settings=settings, signals=signals)
+    finally:
+        session.close()
+
+
+def receive(session: BrokerSession, *, settings: Settings, signals: StopSignals) -> Any:
+    """The first pointer the broker hands us, or None (wait timeout or stop signal)."""
+    wait = settings.wait_timeout_seconds
+    deadline = time.monotonic() + wait if wait > 0 else None
+    message = session.next_message(deadline=deadline, stop=lambda: signals.requested)
+    if message is not None:
+        log.info(
+            "received a pointer on %s (%d bytes%s)",
+            message.topic,
+            len(message.payload),
+            ", redelivered" if message.dup else "",
+        )
+    return message
+
+
+def handle(
+    message: Any, *, session: BrokerSession, settings: Settings, signals: StopSignals
+) -> tuple[str, dict[str, Any] | None]:
+    started_at = state.isoformat(state.now_utc())
+    try:
+        pointer = mqtt_jobs.parse_pointer(message.payload, jobs_root=settings.jobs_root)
+    except mqtt_jobs.InvalidPointer as problem:
+        return reject(problem, message=message, session=session, settings=settings, started_at=started_at)
+    try:
+        with hold_job_lock(pointer, session=session, signals=signals):
+            recorded = mqtt_jobs.read_result_record(pointer.work_dir, job_id=pointer.job_id)
+            if recorded is not None:
+                log.info(
+                    "job %s already finished (%s): re-publishing its recorded result",
+                    pointer.job_id,
+                    recorded["status"],
+                )
+                outcome, result = "re-published", recorded
+            else:
+                outcome, result = (
+                    "ran",
+                    execute(pointer, session=session, settings=settings, signals=signals, started_at=started_at),
+                )
+            report(session, settings=settings, result=result)
+            acknowledge(session, message)
+            return outcome, result
+    except mqtt_jobs.InvalidPointer as problem:
+        return reject(problem, message=message, session=session, settings=settings, started_at=started_at)
+
+
+def reject(
+    problem: mqtt_jobs.InvalidPointer, *, message: Any, session: BrokerSession, settings: Settings, started_at: str
+) -> tuple[str, dict[str, Any] | None]:
+    """An invalid pointer: an ``error`` result when its id is known, then acknowledged."""
+    result = None
+    if problem.job_id is None:
+        log.warning("invalid pointer dropped (no usable id): %s", problem)
+    else:
+        log.warning("job %s: invalid pointer: %s", problem.job_id, problem)
+        result = mqtt_jobs.make_result(
+            job_id=problem.job_id,
+            status="error",
+            log_file=problem.log_file,
+            exit_code=None,
+            worker_id=settings.worker_id,
+            started_at=started_at,
+            error=str(problem),
+        )
+        report(session, settings=settings, result=result)
+    acknowledge(session, message)
+    return "invalid pointer", result
+
+
+@contextmanager
+def hold_job_lock(pointer: mqtt_jobs.Pointer, *, session: BrokerSession, signals: StopSignals) -> Iterator[None]:
+    """The workDir's lock, waited for (keeping the broker connection alive) when another
+    worker is running this job: afterwards its recorded result is simply re-published."""
+    import filelock
+
+    lock = filelock.FileLock(str(pointer.work_dir / mqtt_jobs.LOCK_FILE), timeout=0)
+    announced = False
+    while True:
+        try:
+            lock.acquire()
+            break
+        except filelock.Timeout:
+            if not announced:
+                log.info("job %s is being run by another worker; waiting for it to finish", pointer.job_id)
+                announced = True
+            if signals.requested:
+                raise TransientError(
+                    f"stopped while waiting for another worker to finish job {pointer.job_id}; its pointer stays queued"
+                ) from None
+            session.service(WAIT_SLICE_SECONDS)
+        except OSError as error:
+            raise mqtt_jobs.InvalidPointer(
+                f"workDir is not writable: {error.strerror}", job_id=pointer.job_id, log_file=pointer.log_file
+            ) from None
+    try:
+        yield
+    finally:
+        lock.release()
+
+
+def execute(
+    pointer: mqtt_jobs.Pointer, *, session: BrokerSession, settings: Settings, signals: StopSignals, started_at: str
+) -> dict[str, Any]:
+    """Run the job's steps and record the result in the workDir (before it is published)."""
+    definition = mqtt_jobs.load_definition(pointer, default_timeout_seconds=settings.job_timeout_seconds)
+    rerun = (pointer.work_dir / mqtt_jobs.LOG_FILE).exists()
+    header = (
+        f"=== job {pointer.job_id} started {started_at} by {settings.worker_id}: {len(definition.steps)} "
+        f"step(s) from {definition.source}, timeout {definition.timeout_seconds:g} s"
+    )
+    if rerun:
+        header += " (an earlier run did not finish: running the steps again)"
+    log.info("job %s: running %d step(s) in %s", pointer.job_id, len(definition.steps), pointer.work_dir)
+    base_env = {key: value for key, value in os.environ.items() if key not in PRIVATE_ENV}
+    base_env.update(JOB_ID=pointer.job_id, JOB_WORK_DIR=str(pointer.work_dir))
+    try:
+        outcome = mqtt_jobs.run_steps(
+            definition,
+            work_dir=pointer.work_dir,
+            header=header,
+            base_env=base_env,
+            service=lambda: session.service(0),
+            stop_now=lambda: signals.now,
+        )
+    except mqtt_jobs.JobAbandoned:
+        raise TransientError(
+            f"stopped by a second signal: job {pointer.job_id} was killed and stays queued for the next start"
+        ) from None
+    except OSError as error:
+        raise mqtt_jobs.InvalidPointer(
+            f"cannot run the job: {error.strerror or error}", job_id=pointer.job_id, log_file=pointer.log_file
+        ) from None
+    result = mqtt_jobs.make_result(
+        job_id=pointer.job_id,
+        status=outcome.status,
+        log_file=pointer.log_file,
+        exit_code=outcome.exit_code,
+        worker_id=settings.worker_id,
+        started_at=started_at,
+        error=outcome.error,
+    )
+    mqtt_jobs.write_result_record(pointer.work_dir, result)
+    log.info("job %s: %s (exit code %d)", pointer.job_id, outcome.status, outcome.exit_code)
+    return result
+
+
+def report(session: BrokerSession, *, settings: Settings, result: dict[str, Any]) -> None:
+    """Publish the result at QoS 1 and wait until the broker has acknowledged it."""
+    topic = settings.result_topic.replace("{id}", result["id"])
+    session.publish(topic, result)
+    log.info("published the result of job %s on %s", result["id"], topic)
+
+
+def acknowledge(session: BrokerSession, message: Any) -> None:
+    """Only now may the broker forget the pointer."""
+    session.ack(message)
+
+
+# --- signals and the broker session ---------------------------------------------------
+
+
+class StopSignals:
+    """SIGTERM/SIGINT only set flags: the first finishes the current job (or stops waiting
+    for one), a second stops now, leaving the job queued."""
+
+    def __init__(self) -> None:
+        self.count = 0
+
+    def install(self) -> None:
+        for number in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(number, self._handle)
+
+    def _handle(self, signum: int, frame: object) -> None:
+        self.count += 1
+
+    @property
+    def requested(self) -> bool:
+        return self.count >= 1
+
+    @property
+    def now(self) -> bool:
+        return self.count >= 2

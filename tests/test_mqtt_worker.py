@@ -1,0 +1,565 @@
+"""mqtt-job-worker against a real mosquitto (persistence on), driven as a process the way
+Docker or systemd start it: one job per start, nothing lost, nothing run twice."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import paho.mqtt.client as mqtt
+import pytest
+
+from tests.conftest import assert_clean_failure, free_port, run_cli, script, wait_until
+from tests.mosquitto_server import MosquittoServer
+
+WORKER = "mqtt-job-worker"
+
+
+# --- helpers: a controller's side of the contract -------------------------------------
+
+
+class ResultListener:
+    """A controller subscribed to every result topic, collecting results by job id."""
+
+    def __init__(self, server: MosquittoServer) -> None:
+        self.results: dict[str, list[dict[str, Any]]] = {}
+        self.lock = threading.Lock()
+        subscribed = threading.Event()
+        self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
+        self.client.on_message = self._on_message
+        self.client.on_subscribe = lambda *args: subscribed.set()
+        self.client.connect(server.host, server.port)
+        self.client.subscribe("jobs/results/#", qos=1)
+        self.client.loop_start()
+        assert subscribed.wait(10), "result listener not subscribed"
+
+    def _on_message(self, client: Any, userdata: Any, message: Any) -> None:
+        document = json.loads(message.payload)
+        assert message.topic == f"jobs/results/{document['id']}"
+        with self.lock:
+            self.results.setdefault(document["id"], []).append(document)
+
+    def wait_for(self, job_id: str, *, count: int = 1, deadline_seconds: float = 10.0) -> dict[str, Any]:
+        wait_until(
+            lambda: len(self.results.get(job_id, [])) >= count,
+            deadline_seconds=deadline_seconds,
+            what=f"{count} result(s) of {job_id}",
+        )
+        return self.results[job_id][-1]
+
+    def close(self) -> None:
+        self.client.disconnect()
+        self.client.loop_stop()
+
+
+@pytest.fixture
+def results(mosquitto: MosquittoServer) -> Iterator[ResultListener]:
+    listener = ResultListener(mosquitto)
+    yield listener
+    listener.close()
+
+
+@pytest.fixture
+def worker_env(clean_env: dict[str, str], mosquitto: MosquittoServer, tmp_path: Path) -> dict[str, str]:
+    root = tmp_path / "data"
+    root.mkdir()
+    return dict(
+        clean_env,
+        MQTT_URL=mosquitto.url,
+        JOBS_ROOT=str(root),
+        WORKER_ID=f"test-worker-{uuid.uuid4().hex[:8]}",
+        MQTT_CONNECT_TIMEOUT_SECONDS="5",
+        MQTT_SESSION_EXPIRY_SECONDS="600",
+    )
+
+
+def publish(server: MosquittoServer, payload: bytes | dict[str, Any], *, topic: str = "jobs/pending") -> None:
+    """Publish as a controller must: QoS 1, and wait for the broker's acknowledgement."""
+    body = json.dumps(payload).encode() if isinstance(payload, dict) else payload
+    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
+    client.connect(server.host, server.port)
+    client.loop_start()
+    try:
+        client.publish(topic, body, qos=1).wait_for_publish(10)
+    finally:
+        client.disconnect()
+        client.loop_stop()
+
+
+def make_job(root: Path, name: str, steps: list[str] | None = None, **job: Any) -> Path:
+    work_dir = root / "active_jobs" / name
+    work_dir.mkdir(parents=True)
+    if steps is not None:
+        (work_dir / "job.json").write_text(json.dumps({"steps": steps, **job}), encoding="utf-8")
+    return work_dir
+
+
+def pointer(name: str, work_dir: Path | str, **extra: Any) -> dict[str, Any]:
+    return {"id": name, "workDir": str(work_dir), **extra}
+
+
+def run_worker(env: dict[str, str], *args: str, wait_seconds: float = 10.0) -> tuple[int, dict[str, Any], str]:
+    """One start of the worker: exit code, its --json summary, stderr."""
+    completed = run_cli(WORKER, "--json", "--wait-timeout", str(wait_seconds), *args, env=env)
+    assert "Traceback" not in completed.stderr, completed.stderr
+    summary = json.loads(completed.stdout.strip().splitlines()[-1]) if completed.stdout.strip() else {}
+    return completed.returncode, summary, completed.stderr
+
+
+def register(env: dict[str, str]) -> None:
+    """Start the worker once so the broker knows its persistent session and subscription."""
+    code, summary, stderr = run_worker(env, wait_seconds=0.2)
+    assert (code, summary["outcome"]) == (0, "no job"), stderr
+
+
+def start_worker(env: dict[str, str], *args: str) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [script(WORKER), "--json", *args],
+        env=env,
+        cwd=env["HOME"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+# --- the controller flow ----------------------------------------------------------------
+
+
+def test_controller_flow_success_failure_and_timeout(worker_env, mosquitto, results):
+    root = Path(worker_env["JOBS_ROOT"])
+    register(worker_env)
+    ok = make_job(
+        root,
+        "job_ok",
+        ["echo first", "echo to-stderr >&2; pwd", "echo $GREETING $JOB_ID > made.txt"],
+        env={"GREETING": "hi there"},
+    )
+    failing = make_job(root, "job_fail", ["echo before", "exit 3", "touch never-run"])
+    slow = make_job(root, "job_slow", ["sleep 30 & echo $! > child.pid; wait"], timeout=1)
+    for name, work_dir in (("job_ok", ok), ("job_fail", failing), ("job_slow", slow)):
+        publish(mosquitto, pointer(name, work_dir))
+
+    code, summary, _ = run_worker(worker_env)
+    assert (code, summary["outcome"]) == (0, "ran")
+    result = results.wait_for("job_ok")
+    assert result == summary["result"]
+    assert {key: result[key] for key in ("id", "status", "logFile", "exitCode", "workerId")} == {
+        "id": "job_ok",
+        "status": "success",
+        "logFile": str(ok / "job.log"),
+        "exitCode": 0,
+        "workerId": worker_env["WORKER_ID"],
+    }
+    assert result["startedAt"] <= result["finishedAt"]
+    expected = [
+        "=== job job_ok started ",
+        "=== step 1/3: echo first",
+        "first",
+        "=== step 1/3 exited with 0 after ",
+        "=== step 2/3: echo to-stderr >&2; pwd",
+        "to-stderr",
+        str(ok),
+        "=== step 2/3 exited with 0 after ",
+        "=== step 3/3: echo $GREETING $JOB_ID > made.txt",
+        "=== step 3/3 exited with 0 after ",
+        "=== job finished: 3 steps succeeded",
+    ]
+    log_lines = (ok / "job.log").read_text().splitlines()
+    assert len(log_lines) == len(expected), log_lines
+    assert all(line.startswith(start) for line, start in zip(log_lines, expected, strict=True)), log_lines
+    assert (ok / "made.txt").read_text() == "hi there job_ok\n"
+    assert json.loads((ok / "job.result.json").read_text())["status"] == "success"
+
+    code, summary, _ = run_worker(worker_env)
+    result = results.wait_for("job_fail")
+    assert (code, result["status"], result["exitCode"]) == (0, "failure", 3)
+    assert "step 2/3" in result["error"]
+    assert not (failing / "never-run").exists()
+    assert "=== step 3/3" not in (failing / "job.log").read_text()
+
+    code, summary, _ = run_worker(worker_env)
+    result = results.wait_for("job_slow")
+    assert (code, result["status"], result["exitCode"]) == (0, "timeout", 124)
+    assert "timed out after 1 s" in result["error"]
+    child = int((slow / "child.pid").read_text())
+    wait_until(lambda: not _alive(child), deadline_seconds=5, what="the step's background child to be killed")
+    assert "process group killed" in (slow / "job.log").read_text()
+    # Nothing the controller wrote or the job made was deleted.
+    assert {path.name for path in ok.iterdir()} >= {"job.json", "job.log", "made.txt", "job.result.json"}
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    # A zombie is dead for our purpose.
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def test_message_steps_are_used_only_without_job_json(worker_env, mosquitto, results):
+    root = Path(worker_env["JOBS_ROOT"])
+    register(worker_env)
+    bare = make_job(root, "from_message")
+    with_file = make_job(root, "from_file", ["echo from-file"])
+    publish(mosquitto, pointer("from_message", bare, steps=["echo from-message"]))
+    publish(mosquitto, pointer("from_file", with_file, steps=["echo from-message"]))
+    run_worker(worker_env)
+    run_worker(worker_env)
+    assert results.wait_for("from_message")["status"] == results.wait_for("from_file")["status"] == "success"
+    assert "from-message" in (bare / "job.log").read_text()
+    assert "from-message" not in (with_file / "job.log").read_text()
+
+
+def test_pointer_published_while_no_worker_runs_waits_for_the_next_start(worker_env, mosquitto, results):
+    root = Path(worker_env["JOBS_ROOT"])
+    register(worker_env)
+    work_dir = make_job(root, "queued", ["echo ran"])
+    publish(mosquitto, pointer("queued", work_dir))
+    time.sleep(0.2)
+    assert not (work_dir / "job.log").exists()
+    code, summary, _ = run_worker(worker_env)
+    assert (code, summary["result"]["status"]) == (0, "success")
+    assert results.wait_for("queued")["id"] == "queued"
+
+
+def test_one_job_per_start_and_pointers_arriving_meanwhile_stay_queued(worker_env, mosquitto, results):
+    root = Path(worker_env["JOBS_ROOT"])
+    register(worker_env)
+    names = [f"job_{number}" for number in range(4)]
+    for name in names:
+        publish(mosquitto, pointer(name, make_job(root, name, ["echo ran >> runs.txt"])))
+    for done, name in enumerate(names, start=1):
+        code, summary, _ = run_worker(worker_env)
+        assert (code, summary["result"]["id"]) == (0, name), "pointers are taken one per start, in order"
+        assert sum((root / "active_jobs" / other / "runs.txt").exists() for other in names) == done
+    assert run_worker(worker_env, wait_seconds=0.3)[1]["outcome"] == "no job"
+    for name in names:
+        assert (root / "active_jobs" / name / "runs.txt").read_text() == "ran\n"
+        assert len(results.results[name]) == 1
+
+
+def test_worker_killed_mid_job_gets_the_job_again_and_finishes_it(worker_env, mosquitto, results):
+    root = Path(worker_env["JOBS_ROOT"])
+    register(worker_env)
+    work_dir = make_job(
+        root,
+        "killed",
+        [
+            "echo attempt >> attempts.txt; echo started; while [ ! -f release ]; do sleep 0.05; done",
+            "echo once >> side-effect.txt",
+        ],
+    )
+    publish(mosquitto, pointer("killed", work_dir))
+    first = start_worker(worker_env)
+    # job.log is written in real time: the step's output is there while it still runs.
+    wait_until(lambda: "started" in _read(work_dir / "job.log"), what="the step's output in job.log")
+    first.send_signal(signal.SIGKILL)
+    first.communicate(timeout=10)
+    assert "killed" not in results.results
+    (work_dir / "release").touch()
+    code, summary, _ = run_worker(worker_env)
+    assert (code, summary["result"]["status"]) == (0, "success")
+    assert results.wait_for("killed")["status"] == "success"
+    assert (work_dir / "attempts.txt").read_text() == "attempt\nattempt\n"
+    assert (work_dir / "side-effect.txt").read_text() == "once\n"
+    log_text = (work_dir / "job.log").read_text()
+    assert log_text.count("=== job killed started") == 2
+    assert "an earlier run did not finish" in log_text
+
+
+def _read(path: Path) -> str:
+    try:
+        return path.read_text()
+    except FileNotFoundError:
+        return ""
+
+
+def test_finished_job_redelivered_after_a_crash_is_not_run_again(worker_env, mosquitto, results):
+    """Killed after the result record was written but before the pointer was acknowledged:
+    the next start re-publishes the recorded result instead of running the steps again."""
+    root = Path(worker_env["JOBS_ROOT"])
+    register(worker_env)
+    assert mosquitto.process is not None
+    # The last step freezes the broker, so the worker is stuck waiting for the acknowledgement
+    # of its result when we kill it.
+    work_dir = make_job(root, "crashed", ["echo once >> side-effect.txt", f"kill -STOP {mosquitto.process.pid}"])
+    publish(mosquitto, pointer("crashed", work_dir))
+    first = start_worker(worker_env)
+    try:
+        wait_until(lambda: (work_dir / "job.result.json").exists(), what="the result record")
+        first.send_signal(signal.SIGKILL)
+        first.communicate(timeout=10)
+    finally:
+        os.kill(mosquitto.process.pid, signal.SIGCONT)
+    code, summary, _ = run_worker(worker_env)
+    assert (code, summary["outcome"]) == (0, "re-published")
+    assert summary["result"]["status"] == "success"
+    assert (work_dir / "side-effect.txt").read_text() == "once\n"
+    assert results.wait_for("crashed")["status"] == "success"
+    assert run_worker(worker_env, wait_seconds=0.3)[1]["outcome"] == "no job"
+
+
+def test_a_job_held_by_another_worker_is_not_run_twice(worker_env, mosquitto, results):
+    import filelock
+
+    root = Path(worker_env["JOBS_ROOT"])
+    register(worker_env)
+    work_dir = make_job(root, "held", ["echo ran >> runs.txt"])
+    other_worker = filelock.FileLock(str(work_dir / "job.lock"), timeout=0)
+    other_worker.acquire()
+    publish(mosquitto, pointer("held", work_dir))
+    waiting = start_worker(worker_env, "-v")
+    time.sleep(0.8)
+    assert waiting.poll() is None and not (work_dir / "job.log").exists()
+    # The other worker finishes: it writes its result record and releases the lock.
+    recorded = {"id": "held", "status": "success", "logFile": str(work_dir / "job.log"), "exitCode": 0}
+    (work_dir / "job.result.json").write_text(json.dumps(recorded))
+    other_worker.release()
+    stdout, stderr = waiting.communicate(timeout=20)
+    assert waiting.returncode == 0, stderr
+    assert json.loads(stdout)["outcome"] == "re-published"
+    assert "being run by another worker" in stderr
+    assert not (work_dir / "runs.txt").exists()
+    assert results.wait_for("held")["status"] == "success"
+
+
+def test_two_workers_sharing_a_group_run_fifty_jobs_each_exactly_once(worker_env, mosquitto, results):
+    root = Path(worker_env["JOBS_ROOT"])
+    environments = [dict(worker_env, WORKER_ID=f"shared-{letter}", MQTT_SHARED_GROUP="builders") for letter in "ab"]
+    for env in environments:
+        register(env)
+    names = [f"batch_{number:02d}" for number in range(50)]
+    for name in names:
+        publish(mosquitto, pointer(name, make_job(root, name, ["echo $JOB_ID >> runs.txt"])))
+
+    def drain(env: dict[str, str]) -> None:
+        deadline = time.monotonic() + 90
+        while time.monotonic() < deadline:
+            code, summary, stderr = run_worker(env, wait_seconds=1.0)
+            assert code == 0, stderr
+            if summary["outcome"] == "no job":
+                return
+
+    threads = [threading.Thread(target=drain, args=(env,)) for env in environments]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    for name in names:
+        assert (root / "active_jobs" / name / "runs.txt").read_text() == f"{name}\n"
+        assert results.wait_for(name)["status"] == "success"
+    assert all(len(results.results[name]) == 1 for name in names)
+    workers = {results.results[name][0]["workerId"] for name in names}
+    assert workers == {"shared-a", "shared-b"}
+
+
+def test_broker_restart_between_pointer_and_worker_start_loses_nothing(worker_env, mosquitto):
+    root = Path(worker_env["JOBS_ROOT"])
+    register(worker_env)
+    work_dir = make_job(root, "survivor", ["echo ran"])
+    publish(mosquitto, pointer("survivor", work_dir))
+    mosquitto.restart()
+    listener = ResultListener(mosquitto)
+    try:
+        code, summary, _ = run_worker(worker_env)
+        assert (code, summary["result"]["status"]) == (0, "success")
+        assert listener.wait_for("survivor")["status"] == "success"
+    finally:
+        listener.close()
+
+
+def test_stop_signal_while_waiting_exits_cleanly(worker_env):
+    waiting = start_worker(worker_env, "-v")
+    time.sleep(1.0)  # started, connected and waiting
+    waiting.send_signal(signal.SIGTERM)
+    stdout, stderr = waiting.communicate(timeout=10)
+    assert waiting.returncode == 0, stderr
+    assert json.loads(stdout)["outcome"] == "stopped"
+
+
+# --- bad input ---------------------------------------------------------------------------
+
+
+def _outside_dir(root: Path) -> Path:
+    outside = root.parent / "outside"
+    outside.mkdir(exist_ok=True)
+    (outside / "job.json").write_text(json.dumps({"steps": ["touch escaped"]}))
+    return outside
+
+
+BAD_POINTERS = {
+    "not JSON": lambda root: (b"{not json", None, "not JSON"),
+    "JSON array": lambda root: (b'[{"id": "x", "workDir": "x"}]', None, "not an object"),
+    "missing id": lambda root: (
+        json.dumps({"workDir": str(make_job(root, "anon", ["touch escaped"]))}).encode(),
+        None,
+        "id is missing",
+    ),
+    "id unsafe in a topic": lambda root: (json.dumps({"id": "a/b", "workDir": "x"}).encode(), None, "'a/b'"),
+    "missing workDir": lambda root: (
+        json.dumps({"id": "no_dir", "steps": ["touch escaped"]}).encode(),
+        "no_dir",
+        "no workDir",
+    ),
+    "../ traversal": lambda root: (
+        json.dumps(pointer("dotdot", (_outside_dir(root), "../outside")[1])).encode(),
+        "dotdot",
+        "outside the jobs root",
+    ),
+    "absolute path outside the root": lambda root: (
+        json.dumps(pointer("absolute", _outside_dir(root))).encode(),
+        "absolute",
+        "outside the jobs root",
+    ),
+    "symlink escaping the root": lambda root: (_symlink_pointer(root), "symlinked", "outside the jobs root"),
+    "workDir that does not exist": lambda root: (
+        json.dumps(pointer("missing", root / "nope")).encode(),
+        "missing",
+        "does not exist",
+    ),
+    "no job.json and no steps": lambda root: (
+        json.dumps(pointer("no_steps", make_job(root, "no_steps"))).encode(),
+        "no_steps",
+        "no steps",
+    ),
+    "steps not a list": lambda root: (
+        json.dumps(pointer("str_steps", make_job(root, "str_steps"), steps="touch escaped")).encode(),
+        "str_steps",
+        "non-empty list",
+    ),
+    "job.json steps not a list": lambda root: (_job_file_with_string_steps(root), "file_steps", "non-empty list"),
+    "job.json not JSON": lambda root: (_broken_job_file(root), "broken_file", "invalid JSON"),
+    "huge payload": lambda root: (json.dumps(pointer("huge", "x", pad="x" * 2_000_000)).encode(), None, "larger than"),
+}
+
+
+def _symlink_pointer(root: Path) -> bytes:
+    (root / "link").symlink_to(_outside_dir(root))
+    return json.dumps(pointer("symlinked", root / "link")).encode()
+
+
+def _job_file_with_string_steps(root: Path) -> bytes:
+    work_dir = make_job(root, "file_steps")
+    (work_dir / "job.json").write_text(json.dumps({"steps": "touch escaped"}))
+    return json.dumps(pointer("file_steps", work_dir)).encode()
+
+
+def _broken_job_file(root: Path) -> bytes:
+    work_dir = make_job(root, "broken_file")
+    (work_dir / "job.json").write_text('{"steps": [')
+    return json.dumps(pointer("broken_file", work_dir, steps=["touch escaped"])).encode()
+
+
+@pytest.mark.parametrize("case", sorted(BAD_POINTERS))
+def test_bad_pointer_is_reported_acknowledged_and_never_crashes(case, worker_env, mosquitto, results):
+    root = Path(worker_env["JOBS_ROOT"])
+    register(worker_env)
+    payload, job_id, reason = BAD_POINTERS[case](root)
+    publish(mosquitto, payload)
+    good = make_job(root, "good_after_bad", ["echo fine"])
+    publish(mosquitto, pointer("good_after_bad", good))
+
+    code, summary, stderr = run_worker(worker_env)
+    assert (code, summary["outcome"]) == (0, "invalid pointer")
+    assert len(stderr.strip().splitlines()) == 1 and reason in stderr, stderr
+    if job_id is not None:
+        result = results.wait_for(job_id)
+        assert (result["status"], result["exitCode"]) == ("error", None)
+        assert reason in result["error"]
+    # Nothing ran anywhere, and the bad pointer was acknowledged: the next start takes the next one.
+    assert not list(root.parent.rglob("escaped"))
+    code, summary, _ = run_worker(worker_env)
+    assert (code, summary["result"]["id"]) == (0, "good_after_bad")
+    results.wait_for("good_after_bad")
+    if job_id is None:
+        assert set(results.results) == {"good_after_bad"}
+
+
+# --- bad settings, unreachable broker, credentials ------------------------------------------
+
+
+BAD_SETTINGS = {
+    "url scheme": ({"MQTT_URL": "http://127.0.0.1:1883"}, [], "MQTT_URL"),
+    "url port": ({"MQTT_URL": "mqtt://127.0.0.1:99999"}, [], "MQTT_URL"),
+    "url without host": ({"MQTT_URL": "mqtt://"}, [], "MQTT_URL"),
+    "jobs root missing": ({"JOBS_ROOT": "/nonexistent/data"}, [], "JOBS_ROOT"),
+    "shared group": ({"MQTT_SHARED_GROUP": "a/b"}, [], "MQTT_SHARED_GROUP"),
+    "result topic": ({"MQTT_RESULT_TOPIC": "jobs/results"}, [], "MQTT_RESULT_TOPIC"),
+    "wait timeout": ({}, ["--wait-timeout", "soon"], "--wait-timeout"),
+    "negative wait timeout": ({}, ["--wait-timeout=-1"], "--wait-timeout"),
+    "session expiry": ({"MQTT_SESSION_EXPIRY_SECONDS": "5"}, [], "MQTT_SESSION_EXPIRY_SECONDS"),
+    "worker id": ({"WORKER_ID": "has space"}, [], "WORKER_ID"),
+    "password without user": ({"MQTT_PASSWORD": "lonely-secret"}, [], "MQTT_PASSWORD"),
+    "credentials in a flag": ({}, ["--mqtt-url", "mqtt://user:flag-secret@127.0.0.1:1883"], "--mqtt-url"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_SETTINGS))
+def test_bad_settings_give_one_clear_line_and_exit_78(case, clean_env, tmp_path):
+    variables, flags, named = BAD_SETTINGS[case]
+    env = {**clean_env, "JOBS_ROOT": str(tmp_path), "MQTT_URL": f"mqtt://127.0.0.1:{free_port()}", **variables}
+    completed = run_cli(WORKER, *flags, env=env)
+    assert_clean_failure(completed, 78)
+    assert len(completed.stderr.strip().splitlines()) == 1, completed.stderr
+    assert named in completed.stderr
+    assert "secret" not in completed.stderr
+
+
+def test_usage_error_exits_2(clean_env):
+    completed = run_cli(WORKER, "--no-such-flag", env=clean_env)
+    assert completed.returncode == 2
+
+
+def test_unreachable_broker_exits_69(clean_env, tmp_path):
+    env = dict(clean_env, JOBS_ROOT=str(tmp_path), MQTT_URL=f"mqtt://127.0.0.1:{free_port()}")
+    started = time.monotonic()
+    completed = run_cli(WORKER, "--connect-timeout", "0.5", "--json", env=env)
+    assert_clean_failure(completed, 69)
+    assert "unreachable" in completed.stderr
+    assert json.loads(completed.stdout)["exitCode"] == 69
+    assert time.monotonic() - started < 10
+
+
+def test_credentials_never_reach_logs_json_or_steps(clean_env, tmp_path, mosquitto_factory):
+    secret = "s3cr3t-Pa55word"
+    server = mosquitto_factory(users={"worker": secret, "controller": "ctl-pass"})
+    root = tmp_path / "data"
+    work_dir = make_job(root, "authed", ["env > env.txt"])
+    base = dict(clean_env, JOBS_ROOT=str(root), WORKER_ID="authed-worker", MQTT_CONNECT_TIMEOUT_SECONDS="2")
+
+    wrong = run_cli(WORKER, "-v", "--json", env=dict(base, MQTT_URL=f"mqtt://worker:{secret}x@127.0.0.1:{server.port}"))
+    assert_clean_failure(wrong, 77)
+    assert secret not in wrong.stderr + wrong.stdout
+
+    in_url = dict(base, MQTT_URL=f"mqtt://worker:{secret}@127.0.0.1:{server.port}")
+    separate = dict(base, MQTT_URL=f"mqtt://127.0.0.1:{server.port}", MQTT_USERNAME="worker", MQTT_PASSWORD=secret)
+    register(in_url)
+    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
+    client.username_pw_set("controller", "ctl-pass")
+    client.connect(server.host, server.port)
+    client.loop_start()
+    client.publish("jobs/pending", json.dumps(pointer("authed", work_dir)), qos=1).wait_for_publish(10)
+    client.disconnect()
+    client.loop_stop()
+    completed = run_cli(WORKER, "-v", "--debug", "--json", "--wait-timeout", "5", env=separate)
+    assert completed.returncode == 0, completed.stderr
+    assert json.loads(completed.stdout)["result"]["status"] == "success"
+    assert secret not in completed.stdout + completed.stderr
+    completed = run_cli(WORKER, "-v", "--debug", "--json", "--wait-timeout", "0.2", env=in_url)
+    assert (completed.returncode, json.loads(completed.stdout)["outcome"]) == (0, "no job")
+    assert secret not in completed.stdout + completed.stderr
+    assert secret not in (work_dir / "env.txt").read_text()
+    assert "JOB_ID=authed" in (work_dir / "env.txt").read_text()
