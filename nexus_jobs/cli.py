@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -71,8 +72,19 @@ def setup_logging(prog: str, *, verbose: bool, debug: bool) -> None:
     logging.getLogger("urllib3").setLevel(logging.DEBUG if debug else logging.WARNING if verbose else logging.ERROR)
 
 
+class _HelpFormatter(argparse.HelpFormatter):
+    def __init__(self, prog: str) -> None:
+        # argparse builds a formatter for every add_argument() and, left to itself, imports
+        # shutil (and with it bz2 and lzma) to ask for the terminal width: ms on every run.
+        try:
+            columns = int(os.environ.get("COLUMNS", "")) or os.get_terminal_size(sys.stdout.fileno()).columns
+        except (ValueError, OSError, AttributeError):
+            columns = 80
+        super().__init__(prog, width=max(columns - 2, 40))
+
+
 def new_parser(prog: str, description: str, *, scheduled: bool = True) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog=prog, description=description)
+    parser = argparse.ArgumentParser(prog=prog, description=description, formatter_class=_HelpFormatter)
     add_common_flags(parser, scheduled=scheduled)
     return parser
 

@@ -4,6 +4,7 @@ exponential backoff, jitter and ``Retry-After``, bounded in count and in wait.""
 
 from __future__ import annotations
 
+import os
 from typing import TYPE_CHECKING
 
 from . import __version__
@@ -25,9 +26,11 @@ def make_session(
     retry_after_max_seconds: int = 120,
     pool_size: int = 10,
     retry_post: bool = False,
+    base_url: str | None = None,
 ) -> requests.Session:
     """A session whose adapter retries transient failures. POST is retried only when the
-    caller says the endpoint is idempotent (``retry_post``)."""
+    caller says the endpoint is idempotent (``retry_post``). With ``base_url`` the proxy
+    settings of the environment are resolved once, for that URL."""
     import requests
     from requests.adapters import HTTPAdapter
     from urllib3.util.retry import Retry
@@ -54,6 +57,12 @@ def make_session(
     session.mount("http://", adapter)
     session.mount("https://", adapter)
     session.headers["User-Agent"] = USER_AGENT
+    if base_url:
+        # requests walks the whole environment for proxy settings on every request (about
+        # 0.4 ms each, a lot over thousands of uploads); resolve them once instead.
+        session.proxies.update(requests.utils.get_environ_proxies(base_url))
+        session.verify = os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("CURL_CA_BUNDLE") or True
+        session.trust_env = False
     return session
 
 

@@ -142,7 +142,7 @@ class LocalWebhookStore:
         self._files_by_id: dict[str, Path] = {}
 
     def fetch_pending(self, agent_id: str, *, limit: int) -> dict[str, Any]:
-        folder = self.pending_root / agent_id
+        folder = self.pending_root / safe_name(agent_id)  # an agent id never escapes the store
         try:
             names = sorted(entry.name for entry in os.scandir(folder) if entry.name.endswith(".json"))
         except FileNotFoundError:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import codecs
-import concurrent.futures
 import hashlib
 import logging
 import os
@@ -18,11 +17,14 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from . import cli, config, nexus_sessions, openclaw, state
 from .errors import EXIT_OK, EXIT_PARTIAL, EXIT_UNAVAILABLE, AuthError, UsageError
 from .nexus_sessions import ALREADY_STORED, CONFLICT, FAILED, REFUSED, REJECTED, STORED, Outcome, Upload
+
+if TYPE_CHECKING:
+    import concurrent.futures
 
 PROG = "nexus-session-upload"
 JOB_TYPE = "session_upload"
@@ -253,6 +255,8 @@ def _upload(
     arrives. Stops early when the key is refused (exit 77) or the backend keeps failing."""
     if not todo:
         return
+    import concurrent.futures  # imported here: a run with nothing to upload never needs it
+
     store = _open_store(settings)
     failures_in_a_row = 0
     give_up_after = max(3, settings.concurrency)

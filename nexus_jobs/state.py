@@ -15,7 +15,6 @@ import contextlib
 import json
 import logging
 import os
-import tempfile
 import time
 from collections.abc import Iterator
 from datetime import datetime, timezone
@@ -151,7 +150,7 @@ def write_json_atomic(path: Path, data: dict[str, Any], *, compact: bool = False
         encoded = json.dumps(document, separators=(",", ":"), ensure_ascii=False)
     else:
         encoded = json.dumps(document, indent=2, ensure_ascii=False, sort_keys=True) + "\n"
-    descriptor, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".tmp")
+    descriptor, temporary = open_temporary(path.parent, prefix=f".{path.stem}.")
     try:
         with os.fdopen(descriptor, "wb") as handle:
             handle.write(encoded.encode("utf-8"))
@@ -163,6 +162,17 @@ def write_json_atomic(path: Path, data: dict[str, Any], *, compact: bool = False
             os.unlink(temporary)
         raise
     fsync_directory(path.parent)
+
+
+def open_temporary(directory: Path, *, prefix: str) -> tuple[int, str]:
+    """A new private (0600) file ``<prefix><random>.tmp`` in ``directory``: its descriptor and
+    path. (``tempfile`` would do, but importing it costs a not-due run several ms.)"""
+    while True:
+        path = os.path.join(directory, f"{prefix}{os.urandom(6).hex()}.tmp")
+        try:
+            return os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600), path
+        except FileExistsError:
+            continue
 
 
 def fsync_directory(directory: Path) -> None:

@@ -80,6 +80,7 @@ class Settings:
     agents: dict[str, Path]  # agent id -> workspace
     options: dict[str, Any]
     dry_run: bool
+    gateway: Any = None  # one requests.Session per run for hook delivery (connection reuse)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -105,6 +106,10 @@ def run(args: argparse.Namespace) -> int:
         agents=select_agents(loaded, options["agents"]),
         options=options,
         dry_run=args.dry_run,
+        # The idempotency key makes a retried hook POST safe, so the shared Retry may repeat it.
+        gateway=http.make_session(retries=options["hookRetries"], retry_post=True)
+        if "hook" in options["delivery"]
+        else None,
     )
     store = open_store(
         endpoint=nexus["nexus.endpoint"],
@@ -118,6 +123,8 @@ def run(args: argparse.Namespace) -> int:
         return cli.run_scheduled(job=job, state_dir=state_dir, args=args, work=lambda: pull(settings, store))
     finally:
         store.close()
+        if settings.gateway is not None:
+            settings.gateway.close()
 
 
 def resolve_job_options(loaded: config.LoadedConfig, job: config.JobEntry, flags: dict[str, Any]) -> dict[str, Any]:
@@ -182,8 +189,8 @@ def pull_agent(
 ) -> None:
     """Page through one agent's pending items until a page brings nothing new."""
     seen_this_run: set[str] = set()
-    while summary.counts["fetched"] < settings.options["maxItemsPerRun"]:
-        grouped = store.fetch_pending(agent_id, limit=settings.options["pageSize"])
+    while (room := settings.options["maxItemsPerRun"] - summary.counts["fetched"]) > 0:
+        grouped = store.fetch_pending(agent_id, limit=min(settings.options["pageSize"], room))
         new = 0
         acknowledge: list[str] = []
         try:
@@ -273,6 +280,7 @@ def deliver(item: dict[str, Any], *, agent_id: str, settings: Settings, ledger: 
             write_inbox_file(inbox_file, item)
         elif mode == "hook":
             post_hook(
+                settings.gateway,
                 item,
                 agent_id=agent_id,
                 options=options,
@@ -311,9 +319,11 @@ def write_inbox_file(path: Path, item: dict[str, Any]) -> None:
         raise DeliveryFailed(f"inbox {path.parent}: {error.strerror or error}") from None
 
 
-def post_hook(item: dict[str, Any], *, agent_id: str, options: dict[str, Any], inbox_file: Path | None) -> None:
-    """``POST /hooks/agent`` of the OpenClaw Gateway. The idempotency key makes a retried
-    POST safe, so the shared Retry may repeat it."""
+def post_hook(
+    session: Any, item: dict[str, Any], *, agent_id: str, options: dict[str, Any], inbox_file: Path | None
+) -> None:
+    """``POST /hooks/agent`` of the OpenClaw Gateway; 200/202 is success, 503 or a network
+    error is transient (retried next run), 401/403 stops the run."""
     import requests
 
     source, received = item.get("source", "unknown"), item.get("receivedAt", "unknown time")
@@ -323,7 +333,6 @@ def post_hook(item: dict[str, Any], *, agent_id: str, options: dict[str, Any], i
         message = f"New webhook item from {source} (id {item['id']}, received {received}):\n" + json.dumps(
             item, indent=2, ensure_ascii=False
         )
-    session = http.make_session(retries=options["hookRetries"], retry_post=True)
     try:
         response = session.post(
             options["gatewayUrl"].rstrip("/") + "/hooks/agent",
@@ -334,8 +343,7 @@ def post_hook(item: dict[str, Any], *, agent_id: str, options: dict[str, Any], i
         )
     except requests.RequestException as error:
         raise DeliveryFailed(f"Gateway hook: {http.describe_error(error)}") from None
-    finally:
-        session.close()
+    response.close()
     if response.status_code in (401, 403):
         raise AuthError(
             f"the OpenClaw Gateway refused the hooks token ({response.status_code}); check OPENCLAW_HOOKS_TOKEN"
