@@ -380,12 +380,36 @@ def _check_nexus(
     )
     agents = config.resolve_agents(loaded)
     try:
+        if isinstance(store, nexus_webhooks.HttpWebhookStore) and all(e.job_type != "webhook_pull" for e in entries):
+            return _check_sessions_api(store)
         # A read-only GET of one pending item proves reachability and the key at once.
         return Check("ok", "nexus backend", store.probe(agents[0].agent_id if agents else "main"))
     except JobError as error:
         return Check("FAIL", "nexus backend", str(error), error.exit_code)
     finally:
         store.close()
+
+
+def _check_sessions_api(store: Any) -> Check:
+    """Without a webhook job the backend may serve only ``POST /sessions``: a HEAD of that
+    route (never a POST) shows it answers; any answer but 401/403 or a 5xx will do."""
+    import requests
+
+    from . import http
+
+    try:
+        response = store.session.head(
+            store.base + "/sessions", params=store.params, headers=store.headers, timeout=store.timeout
+        )
+        response.close()
+    except requests.RequestException as error:
+        return Check("FAIL", "nexus backend", f"Nexus at {store.location}: {http.describe_error(error)}", 69)
+    if response.status_code in (401, 403):
+        detail = f"Nexus refused the API key ({response.status_code}); check NEXUS_API_KEY and nexus.authMode"
+        return Check("FAIL", "nexus backend", detail, 77)
+    if response.status_code >= 500:
+        return Check("FAIL", "nexus backend", f"Nexus at {store.location} answered {response.status_code}", 69)
+    return Check("ok", "nexus backend", f"Nexus sessions API at {store.location} answers (HTTP {response.status_code})")
 
 
 def _check_delivery(entry: JobEntry, options: dict[str, Any]) -> Any:

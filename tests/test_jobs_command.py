@@ -342,3 +342,16 @@ def test_malformed_config_status_and_run_due(install: Install) -> None:
         result = install.jobs(command)
         assert_clean_failure(result, 78)
         assert "jobs[0].type" in result.stderr
+
+
+def test_check_config_without_a_webhook_job_only_heads_the_sessions_api(
+    install: Install, nexus_webhooks: NexusWebhooksDouble
+) -> None:
+    install.write([{"id": "up", "type": "session_upload", "config": {"graceMinutes": 5}}], endpoint=nexus_webhooks.url)
+    result = install.jobs("check-config")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert any(line.startswith("nexus backend: Nexus sessions API") for line in check_lines(result)["ok"])
+    assert [(r.method, r.path) for r in nexus_webhooks.requests] == [("HEAD", "/sessions")]
+    install.env["NEXUS_API_KEY"] = "not-the-key-123"
+    result = install.jobs("check-config")
+    assert result.returncode == 77 and "not-the-key-123" not in result.stdout + result.stderr
