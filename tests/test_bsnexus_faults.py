@@ -1,0 +1,222 @@
+"""bsnexus-worker under faults: killed workers, poison messages, two workers on one group,
+refused heartbeats, a backend that is down, and Redis restarting."""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import os
+import signal
+import time
+from collections import Counter
+from pathlib import Path
+
+from tests.bsnexus_backend import (
+    REGISTRATION_TOKEN,
+    Backend,
+    BackendServer,
+    WorkerSetup,
+    add_task,
+    finish,
+    prompt_json,
+    results,
+    stderr_of,
+)
+from tests.conftest import assert_clean_failure, free_port, wait_until
+from tests.redis_server import RedisServer
+
+
+def _second(setup: WorkerSetup, name: str) -> WorkerSetup:
+    return dataclasses.replace(setup, env_file=setup.env_file.with_name(f"{name}.env"))
+
+
+def _kill_orphan(setup: WorkerSetup) -> None:
+    marker = Path(str(setup.claude_log) + ".slept")
+    pid = int(marker.read_text())
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(pid, signal.SIGKILL)  # the executor ran in its own process group
+
+
+def test_killed_worker_task_is_claimed_by_another_after_visibility_timeout(
+    worker_setup: WorkerSetup, bsnexus_backend: Backend, redis_server: RedisServer, tmp_path: Path
+) -> None:
+    other = _second(worker_setup, "other")
+    worker_setup.register(bsnexus_backend.url, redis_server.url)
+    other.register(bsnexus_backend.url, redis_server.url)
+    survivor_id = other.saved()["BSNEXUS_WORKER_ID"]
+    client = redis_server.client()
+    add_task(client, task_id="k-1", repo_path=str(tmp_path / "repo"), worker_prompt=prompt_json("@sleep-first"))
+    victim = worker_setup.start()
+    wait_until(lambda: Path(str(worker_setup.claude_log) + ".slept").exists(), what="the task to start")
+    victim.kill()
+    finish(victim)
+    _kill_orphan(worker_setup)
+    assert results(client) == []
+    started = time.monotonic()
+    code = other.cli("run", "--max-tasks", "1", "--duration", "20").returncode
+    assert code == 0
+    assert time.monotonic() - started >= 0.5  # it waited for the entry to go idle
+    time.sleep(0.3)
+    (published,) = results(client)
+    assert published["task_id"] == "k-1" and published["success"] == "true"
+    assert published["worker_id"] == survivor_id and published["delivery_count"] == "2"
+    assert client.xpending("tasks:queue", "workers")["pending"] == 0
+
+
+def test_restarted_worker_takes_its_own_pending_entry_first(
+    worker_setup: WorkerSetup, bsnexus_backend: Backend, redis_server: RedisServer, tmp_path: Path
+) -> None:
+    worker_setup.register(bsnexus_backend.url, redis_server.url)
+    client = redis_server.client()
+    add_task(client, task_id="o-1", repo_path=str(tmp_path / "repo"), worker_prompt=prompt_json("@sleep-first"))
+    add_task(client, task_id="o-2", repo_path=str(tmp_path / "repo"), worker_prompt=prompt_json("next"))
+    victim = worker_setup.start(BSNEXUS_VISIBILITY_TIMEOUT_SECONDS="600")
+    wait_until(lambda: Path(str(worker_setup.claude_log) + ".slept").exists(), what="the task to start")
+    victim.kill()
+    finish(victim)
+    _kill_orphan(worker_setup)
+    result = worker_setup.cli("run", "--max-tasks", "2", BSNEXUS_VISIBILITY_TIMEOUT_SECONDS="600")
+    assert result.returncode == 0, result.stderr
+    assert [fields["task_id"] for fields in results(client)] == ["o-1", "o-2"]
+    assert results(client)[0]["delivery_count"] == "2"
+
+
+def test_poison_message_is_dead_lettered_after_n_deliveries(
+    worker_setup: WorkerSetup, bsnexus_backend: Backend, redis_server: RedisServer, tmp_path: Path
+) -> None:
+    worker_setup.register(bsnexus_backend.url, redis_server.url)
+    client = redis_server.client()
+    client.xgroup_create("tasks:queue", "workers", id="0", mkstream=True)
+    message_id = add_task(client, task_id="p-1", repo_path=str(tmp_path / "r"), worker_prompt=prompt_json("x"))
+    # Earlier workers took it and died, twice: Redis counts every delivery.
+    client.xreadgroup("workers", "ghost-1", {"tasks:queue": ">"}, count=1)
+    client.xclaim("tasks:queue", "workers", "ghost-2", 0, [message_id])
+    result = worker_setup.cli("run", "--max-tasks", "1", "--duration", "20", BSNEXUS_MAX_DELIVERIES="2")
+    assert result.returncode == 0, result.stderr
+    (failed,) = results(client)
+    assert failed["task_id"] == "p-1" and failed["success"] == "false"
+    assert "poison message: delivered 3 times (more than 2)" in failed["error_message"]
+    (letter,) = client.xrange("tasks:dead-letter")
+    assert letter[1]["task_id"] == "p-1" and letter[1]["source_message_id"] == message_id
+    assert letter[1]["source_stream"] == "tasks:queue" and letter[1]["delivery_count"] == "3"
+    assert client.xpending("tasks:queue", "workers")["pending"] == 0
+    assert worker_setup.claude_calls() == []
+
+
+def test_two_workers_share_a_thousand_tasks_without_duplicates(
+    worker_setup: WorkerSetup, bsnexus_backend: Backend, redis_server: RedisServer
+) -> None:
+    other = _second(worker_setup, "other")
+    worker_setup.register(bsnexus_backend.url, redis_server.url)
+    other.register(bsnexus_backend.url, redis_server.url)
+    settings = {"BSNEXUS_EXECUTOR_TYPE": "command", "BSNEXUS_COMMAND": "true"}
+    workers = [worker_setup.start(**settings), other.start(**settings)]
+    ids = [setup.saved()["BSNEXUS_WORKER_ID"] for setup in (worker_setup, other)]
+    wait_until(lambda: all(bsnexus_backend.state.heartbeats(worker_id) for worker_id in ids), what="both workers")
+    client = redis_server.client()
+    with client.pipeline(transaction=False) as pipe:
+        for number in range(1000):
+            pipe.xadd("tasks:queue", {"task_id": f"n-{number}", "worker_prompt": prompt_json("noop")})
+        pipe.execute()
+    wait_until(lambda: client.xlen("tasks:results") >= 1000, deadline_seconds=60, what="1,000 results")
+    for worker in workers:
+        worker.send_signal(signal.SIGTERM)
+    for worker in workers:
+        code, _out, err = finish(worker)
+        assert code == 0, err
+    published = results(client)
+    assert len(published) == 1000
+    assert Counter(fields["task_id"] for fields in published) == Counter(f"n-{number}" for number in range(1000))
+    assert all(fields["success"] == "true" for fields in published)
+    shares = Counter(fields["worker_id"] for fields in published)
+    assert set(shares) == set(ids), shares
+    assert client.xpending("tasks:queue", "workers")["pending"] == 0
+
+
+def test_heartbeat_refused_without_registration_token_exits_77_after_the_task(
+    worker_setup: WorkerSetup, bsnexus_backend: Backend, redis_server: RedisServer, tmp_path: Path
+) -> None:
+    worker_setup.register(bsnexus_backend.url, redis_server.url)
+    client = redis_server.client()
+    add_task(client, task_id="h-1", repo_path=str(tmp_path / "repo"), worker_prompt=prompt_json("@sleep=1"))
+    bsnexus_backend.state.script("heartbeat", (200, {"status": "ok"}), (401, {"detail": "Invalid worker token"}))
+    worker = worker_setup.start()
+    code, _out, err = finish(worker)
+    assert code == 77, err
+    assert "run `bsnexus-worker register` again" in err and "Traceback" not in err
+    assert len(err.strip().splitlines()) == 1
+    (done,) = results(client)
+    assert done["task_id"] == "h-1" and done["success"] == "true"  # the running task was finished
+
+    bsnexus_backend.state.script("heartbeat", (404, {"detail": "Worker not found"}))
+    gone = worker_setup.cli("run", "--duration", "5")
+    assert_clean_failure(gone, 77)
+    assert "HTTP 404" in gone.stderr
+
+
+def test_heartbeat_404_with_registration_token_reregisters_and_keeps_going(
+    worker_setup: WorkerSetup, bsnexus_backend: Backend, redis_server: RedisServer
+) -> None:
+    worker_setup.register(bsnexus_backend.url, redis_server.url)
+    worker_id = worker_setup.saved()["BSNEXUS_WORKER_ID"]
+    old_token = worker_setup.saved()["BSNEXUS_WORKER_TOKEN"]
+    bsnexus_backend.state.script("heartbeat", (404, {"detail": "Worker expired"}))
+    result = worker_setup.cli("run", "--duration", "1.5", BSNEXUS_REGISTRATION_TOKEN=REGISTRATION_TOKEN)
+    assert result.returncode == 0, result.stderr
+    assert "re-registered worker" in result.stderr
+    again = bsnexus_backend.state.requests_to("register")[-1].body
+    assert again["worker_id"] == worker_id and again["worker_token"] == old_token
+    saved = worker_setup.saved()
+    assert saved["BSNEXUS_WORKER_ID"] == worker_id
+    assert saved["BSNEXUS_WORKER_TOKEN"] == bsnexus_backend.state.workers[worker_id].token != old_token
+    assert bsnexus_backend.state.heartbeats(worker_id) >= 2  # accepted with the new token
+    assert old_token not in result.stderr and saved["BSNEXUS_WORKER_TOKEN"] not in result.stderr
+
+
+def test_backend_down_at_start_tasks_go_on_and_heartbeats_resume(
+    worker_setup: WorkerSetup, bsnexus_backend: Backend, redis_server: RedisServer, tmp_path: Path
+) -> None:
+    worker_setup.register(bsnexus_backend.url, redis_server.url)
+    worker_id = worker_setup.saved()["BSNEXUS_WORKER_ID"]
+    port = bsnexus_backend.server.server_address[1]
+    bsnexus_backend.server.stop()
+    client = redis_server.client()
+    worker = worker_setup.start()
+    add_task(client, task_id="d-1", repo_path=str(tmp_path / "repo"), worker_prompt=prompt_json("x"))
+    wait_until(lambda: results(client), what="the result while the backend is down")
+    assert "heartbeat failed" in stderr_of(worker) and "connection refused" in stderr_of(worker)
+    revived = BackendServer(bsnexus_backend.state, port).start()
+    try:
+        wait_until(lambda: bsnexus_backend.state.heartbeats(worker_id) >= 1, what="heartbeats to resume")
+        worker.send_signal(signal.SIGTERM)
+        code, _out, err = finish(worker)
+    finally:
+        revived.stop()
+    assert code == 0, err
+    assert "answers heartbeats again" in err
+    assert results(client)[0]["success"] == "true"
+
+
+def test_redis_restart_while_running_and_redis_down(
+    worker_setup: WorkerSetup, bsnexus_backend: Backend, redis_server: RedisServer, tmp_path: Path
+) -> None:
+    worker_setup.register(bsnexus_backend.url, redis_server.url)
+    client = redis_server.client()
+    repo = str(tmp_path / "repo")
+    worker = worker_setup.start()
+    add_task(client, task_id="r-1", repo_path=repo, worker_prompt=prompt_json("@sleep=1"))
+    wait_until(lambda: worker_setup.claude_calls(), what="the task to start")
+    redis_server.restart(down_seconds=1.5)  # the result is due while Redis is down
+    wait_until(lambda: results(client), deadline_seconds=20, what="the result after the restart")
+    add_task(client, task_id="r-2", repo_path=repo, worker_prompt=prompt_json("after"))
+    wait_until(lambda: len(results(client)) == 2, deadline_seconds=20, what="a task added after the restart")
+    worker.send_signal(signal.SIGTERM)
+    code, _out, err = finish(worker)
+    assert code == 0, err
+    assert [(fields["task_id"], fields["success"]) for fields in results(client)] == [("r-1", "true"), ("r-2", "true")]
+    assert "Redis is unreachable" in err and "reachable again" in err
+    assert client.xpending("tasks:queue", "workers")["pending"] == 0
+
+    dead = worker_setup.cli("run", "--duration", "1", BSNEXUS_REDIS_URL=f"redis://127.0.0.1:{free_port()}")
+    assert_clean_failure(dead, 69)
+    assert "Redis" in dead.stderr and "Traceback" not in dead.stderr
