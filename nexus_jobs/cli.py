@@ -319,4 +319,11 @@ def progress(*, total: int, description: str, enabled: bool) -> Any:
         return _NoProgress()
     from tqdm import tqdm  # imported here: only terminals need it
 
-    return tqdm(total=total, desc=description, unit="file", file=sys.stderr, leave=False)
+    try:
+        columns, rows = os.get_terminal_size(sys.stderr.fileno())
+    except OSError:
+        columns, rows = 0, 0
+    # A pseudo-terminal may report a size of 0x0; tqdm would then draw nothing at all.
+    return tqdm(
+        total=total, desc=description, unit="file", file=sys.stderr, leave=False, ncols=columns or 80, nrows=rows or 24
+    )

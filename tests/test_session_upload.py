@@ -563,3 +563,65 @@ def test_json_string_escaping_round_trips_any_utf8() -> None:
         text = "".join(rng.choice(alphabet) for _ in range(rng.randint(0, 40)))
         encoded = b'"' + json_string(text.encode()) + b'"'
         assert json.loads(encoded) == text
+
+
+def without_root_privileges(command: list[str]) -> list[str]:
+    """Root reads any file; drop the capabilities that let it, so permissions apply."""
+    if os.geteuid() != 0:
+        return command
+    caps = "-dac_override,-dac_read_search"
+    return ["setpriv", f"--bounding-set={caps}", f"--inh-caps={caps}", *command]
+
+
+def test_unreadable_files_fail_alone_and_are_retried(tree: Tree, env: dict[str, str]) -> None:
+    blocked = next(name for name in tree.expected_uploads if ".reset." in name)
+    (tree.sessions_dir / blocked).chmod(0)
+    command = without_root_privileges([script(COMMAND)])
+    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=60, check=False)
+    assert_clean_failure(result, 1)
+    assert f"main/{blocked}: upload failed: cannot read it: Permission denied (will retry next run)" in result.stderr
+    inbox = Path(env["NEXUS_STATE_DIR"]) / "nexus-store" / "inbox" / "main"
+    assert {path.name for path in inbox.iterdir()} == set(tree.expected_uploads) - {blocked}
+    (tree.sessions_dir / blocked).chmod(0o644)
+    assert run_cli(COMMAND, env=env).returncode == 0
+    assert (inbox / blocked).read_bytes() == tree.expected_uploads[blocked]
+
+
+def test_unlistable_sessions_directory_is_one_clear_error(tree: Tree, env: dict[str, str]) -> None:
+    tree.sessions_dir.chmod(0)
+    try:
+        command = without_root_privileges([script(COMMAND)])
+        result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=60, check=False)
+    finally:
+        tree.sessions_dir.chmod(0o755)
+    assert_clean_failure(result, 1)
+    assert f"agent main: cannot list {tree.sessions_dir}: Permission denied" in result.stderr
+
+
+def test_retry_after_is_honoured(env: dict[str, str], nexus: NexusDouble) -> None:
+    sessions = Path(env["OPENCLAW_STATE_DIR"]) / "agents" / "one" / "sessions"
+    sessions.mkdir(parents=True)
+    (sessions / f"{new_session_id()}.jsonl.reset.{STAMP}").write_bytes(transcript("one"))
+    nexus.faults = [("status", 503, 2)]
+    started = time.monotonic()
+    result = run_cli(COMMAND, "--agent", "one", env=http_env(env, nexus))
+    assert result.returncode == 0, result.stderr
+    assert time.monotonic() - started >= 2.0, "the retry waited for Retry-After"
+    assert len(nexus.posts()) == 2
+
+
+def test_progress_bar_only_on_a_terminal(tree: Tree, env: dict[str, str]) -> None:
+    # script(1) gives the command a pseudo-terminal, as an operator's shell does.
+    on_terminal = subprocess.run(
+        ["script", "-qec", script(COMMAND), "/dev/null"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert on_terminal.returncode == 0, on_terminal.stdout
+    assert "uploading" in on_terminal.stdout and "file" in on_terminal.stdout
+    (Path(env["NEXUS_STATE_DIR"])).rename(Path(env["NEXUS_STATE_DIR"] + "-first"))
+    under_cron = run_cli(COMMAND, env=env)
+    assert under_cron.returncode == 0 and under_cron.stderr == "" and under_cron.stdout == ""
