@@ -168,3 +168,27 @@ def _transcript(
         is_symlink=entry.is_symlink(),
         is_regular=stat.S_ISREG(info.st_mode),
     )
+
+
+def read_bytes(transcript: Transcript, *, limit: int) -> bytes:
+    """Up to ``limit`` bytes of the transcript, a ``.zst`` archive decompressed. Symbolic
+    links are not followed. Raises ``OSError`` when unreadable, ``ValueError`` for a corrupt
+    archive."""
+    descriptor = os.open(transcript.path, os.O_RDONLY | os.O_NOFOLLOW)
+    with os.fdopen(descriptor, "rb") as handle:
+        if not transcript.compressed:
+            return handle.read(limit)
+        import zstandard  # imported here: only .zst archives need it
+
+        try:
+            reader = zstandard.ZstdDecompressor().stream_reader(handle)
+            chunks, size = [], 0
+            while size < limit:
+                chunk = reader.read(limit - size)
+                if not chunk:
+                    break
+                chunks.append(chunk)
+                size += len(chunk)
+            return b"".join(chunks)
+        except zstandard.ZstdError as error:
+            raise ValueError(f"not a valid zstd archive ({error})") from None

@@ -12,7 +12,6 @@ import argparse
 import codecs
 import hashlib
 import logging
-import os
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -330,12 +329,7 @@ def read_transcript(transcript: openclaw.Transcript, *, max_bytes: int) -> Uploa
     if not transcript.is_regular:
         return Outcome(REJECTED, "not a regular file")
     try:
-        descriptor = os.open(transcript.path, os.O_RDONLY | os.O_NOFOLLOW)
-        with os.fdopen(descriptor, "rb") as handle:
-            if transcript.compressed:
-                content = _decompress(handle, max_bytes=max_bytes)
-            else:
-                content = handle.read(max_bytes + 1)
+        content = openclaw.read_bytes(transcript, limit=max_bytes + 1)
     except OSError as error:
         return Outcome(UNREADABLE, f"cannot read it: {error.strerror} (will retry next run)")
     except ValueError as error:
@@ -353,16 +347,6 @@ def read_transcript(transcript: openclaw.Transcript, *, max_bytes: int) -> Uploa
         content=content,
         sha256=hashlib.sha256(content).hexdigest(),
     )
-
-
-def _decompress(handle: Any, *, max_bytes: int) -> bytes:
-    import zstandard  # imported here: only .zst archives need it
-
-    try:
-        reader = zstandard.ZstdDecompressor().stream_reader(handle)
-        return reader.read(max_bytes + 1)
-    except zstandard.ZstdError as error:
-        raise ValueError(f"not a valid zstd archive ({error})") from None
 
 
 def _utf8_problem(content: bytes) -> str | None:

@@ -625,3 +625,21 @@ def test_progress_bar_only_on_a_terminal(tree: Tree, env: dict[str, str]) -> Non
     (Path(env["NEXUS_STATE_DIR"])).rename(Path(env["NEXUS_STATE_DIR"] + "-first"))
     under_cron = run_cli(COMMAND, env=env)
     assert under_cron.returncode == 0 and under_cron.stderr == "" and under_cron.stdout == ""
+
+
+def test_large_zst_archives_decompress_whole_and_oversize_ones_are_rejected(env: dict[str, str]) -> None:
+    import zstandard
+
+    sessions = Path(env["OPENCLAW_STATE_DIR"]) / "agents" / "zst" / "sessions"
+    sessions.mkdir(parents=True)
+    big = transcript("big", pad_to=3_000_000)
+    big_name = f"{new_session_id()}.jsonl.deleted.{STAMP}"
+    (sessions / f"{big_name}.zst").write_bytes(zstandard.ZstdCompressor().compress(big))
+    bomb_name = f"{new_session_id()}.jsonl.deleted.{STAMP}"
+    (sessions / f"{bomb_name}.zst").write_bytes(zstandard.ZstdCompressor().compress(b"x" * (LIMIT_BYTES + 1)))
+    result = run_cli(COMMAND, "--agent", "zst", env=env)
+    assert result.returncode == 0, result.stderr
+    inbox = Path(env["NEXUS_STATE_DIR"]) / "nexus-store" / "inbox" / "zst"
+    assert (inbox / big_name).read_bytes() == big
+    assert not (inbox / bomb_name).exists()
+    assert f"zst/{bomb_name}.zst: rejected: larger than the limit" in result.stderr
