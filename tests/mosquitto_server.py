@@ -17,6 +17,7 @@ import socket
 import subprocess
 import time
 from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -31,10 +32,66 @@ def _free_port() -> int:
         return int(probe.getsockname()[1])
 
 
+@dataclass(frozen=True)
+class TlsFiles:
+    ca_file: Path
+    cert_file: Path
+    key_file: Path
+
+
+def make_tls_files(directory: Path) -> TlsFiles:
+    """A throw-away CA and a server certificate for 127.0.0.1 (openssl)."""
+    directory.mkdir(parents=True, exist_ok=True)
+    ca_key, ca_file = directory / "ca.key", directory / "ca.crt"
+    key_file, request, cert_file = directory / "server.key", directory / "server.csr", directory / "server.crt"
+    extensions = directory / "server.ext"
+    extensions.write_text("subjectAltName=IP:127.0.0.1\n", encoding="utf-8")
+    commands = [
+        [
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            ca_key,
+            "-out",
+            ca_file,
+            "-days",
+            "2",
+            "-subj",
+            "/CN=nexus-jobs test CA",
+        ],
+        ["req", "-newkey", "rsa:2048", "-nodes", "-keyout", key_file, "-out", request, "-subj", "/CN=127.0.0.1"],
+        [
+            "x509",
+            "-req",
+            "-in",
+            request,
+            "-CA",
+            ca_file,
+            "-CAkey",
+            ca_key,
+            "-CAcreateserial",
+            "-out",
+            cert_file,
+            "-days",
+            "2",
+            "-extfile",
+            extensions,
+        ],
+    ]
+    for arguments in commands:
+        subprocess.run(["openssl", *map(str, arguments)], check=True, capture_output=True)
+    return TlsFiles(ca_file=ca_file, cert_file=cert_file, key_file=key_file)
+
+
 class MosquittoServer:
     """One broker process on ``127.0.0.1:<port>``; ``restart()`` keeps its persistence."""
 
-    def __init__(self, directory: Path, *, users: Mapping[str, str] | None = None) -> None:
+    def __init__(
+        self, directory: Path, *, users: Mapping[str, str] | None = None, tls_files: TlsFiles | None = None
+    ) -> None:
         executable = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
         if not Path(executable).exists():
             raise RuntimeError("mosquitto is not installed (bin/bootstrap --test installs it)")
@@ -46,15 +103,19 @@ class MosquittoServer:
         self.log_path = directory / "mosquitto.log"
         self.config_path = directory / "mosquitto.conf"
         self.process: subprocess.Popen[bytes] | None = None
+        self.tls_files = tls_files
         self._write_config(users or {})
 
     @property
     def url(self) -> str:
-        return f"mqtt://{self.host}:{self.port}"
+        return f"{'mqtts' if self.tls_files else 'mqtt'}://{self.host}:{self.port}"
 
     def _write_config(self, users: Mapping[str, str]) -> None:
-        lines = [
-            f"listener {self.port} {self.host}",
+        lines = [f"listener {self.port} {self.host}"]
+        if self.tls_files:
+            tls = self.tls_files
+            lines += [f"cafile {tls.ca_file}", f"certfile {tls.cert_file}", f"keyfile {tls.key_file}"]
+        lines += [
             "persistence true",
             f"persistence_location {self.directory}/",
             "persistence_file mosquitto.db",
@@ -145,11 +206,12 @@ def mosquitto(tmp_path: Path) -> Iterator[MosquittoServer]:
 
 @pytest.fixture
 def mosquitto_factory(tmp_path: Path) -> Iterator[object]:
-    """Start brokers with options (``users={name: password}`` turns anonymous access off)."""
+    """Start brokers with options: ``users={name: password}`` turns anonymous access off;
+    ``tls_files`` (see :func:`make_tls_files`) makes the listener TLS only."""
     servers: list[MosquittoServer] = []
 
-    def start(*, users: Mapping[str, str] | None = None) -> MosquittoServer:
-        server = MosquittoServer(tmp_path / f"mosquitto-{len(servers)}", users=users)
+    def start(*, users: Mapping[str, str] | None = None, tls_files: TlsFiles | None = None) -> MosquittoServer:
+        server = MosquittoServer(tmp_path / f"mosquitto-{len(servers)}", users=users, tls_files=tls_files)
         servers.append(server)
         return server.start()
 

@@ -18,7 +18,7 @@ import paho.mqtt.client as mqtt
 import pytest
 
 from tests.conftest import assert_clean_failure, free_port, run_cli, script, wait_until
-from tests.mosquitto_server import MosquittoServer
+from tests.mosquitto_server import MosquittoServer, make_tls_files
 
 WORKER = "mqtt-job-worker"
 
@@ -29,7 +29,10 @@ WORKER = "mqtt-job-worker"
 class ResultListener:
     """A controller subscribed to every result topic, collecting results by job id."""
 
-    def __init__(self, server: MosquittoServer) -> None:
+    def __init__(
+        self, server: MosquittoServer, *, topic: str = "jobs/results/#", result_topic: str = "jobs/results/{id}"
+    ) -> None:
+        self.result_topic = result_topic
         self.results: dict[str, list[dict[str, Any]]] = {}
         self.lock = threading.Lock()
         subscribed = threading.Event()
@@ -37,13 +40,13 @@ class ResultListener:
         self.client.on_message = self._on_message
         self.client.on_subscribe = lambda *args: subscribed.set()
         self.client.connect(server.host, server.port)
-        self.client.subscribe("jobs/results/#", qos=1)
+        self.client.subscribe(topic, qos=1)
         self.client.loop_start()
         assert subscribed.wait(10), "result listener not subscribed"
 
     def _on_message(self, client: Any, userdata: Any, message: Any) -> None:
         document = json.loads(message.payload)
-        assert message.topic == f"jobs/results/{document['id']}"
+        assert message.topic == self.result_topic.replace("{id}", document["id"])
         with self.lock:
             self.results.setdefault(document["id"], []).append(document)
 
@@ -81,10 +84,18 @@ def worker_env(clean_env: dict[str, str], mosquitto: MosquittoServer, tmp_path: 
     )
 
 
-def publish(server: MosquittoServer, payload: bytes | dict[str, Any], *, topic: str = "jobs/pending") -> None:
+def publish(
+    server: MosquittoServer,
+    payload: bytes | dict[str, Any],
+    *,
+    topic: str = "jobs/pending",
+    ca_file: Path | None = None,
+) -> None:
     """Publish as a controller must: QoS 1, and wait for the broker's acknowledgement."""
     body = json.dumps(payload).encode() if isinstance(payload, dict) else payload
     client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
+    if ca_file is not None:
+        client.tls_set(ca_certs=str(ca_file))
     client.connect(server.host, server.port)
     client.loop_start()
     try:
@@ -388,6 +399,73 @@ def test_stop_signal_while_waiting_exits_cleanly(worker_env):
     stdout, stderr = waiting.communicate(timeout=10)
     assert waiting.returncode == 0, stderr
     assert json.loads(stdout)["outcome"] == "stopped"
+
+
+def test_first_stop_signal_finishes_the_job_and_a_second_leaves_it_queued(worker_env, mosquitto, results):
+    root = Path(worker_env["JOBS_ROOT"])
+    register(worker_env)
+    blocking = ["echo started; while [ ! -f release ]; do sleep 0.05; done; echo finished >> done.txt"]
+    finished = make_job(root, "finished", blocking)
+    abandoned = make_job(root, "abandoned", blocking)
+    publish(mosquitto, pointer("finished", finished))
+    publish(mosquitto, pointer("abandoned", abandoned))
+
+    worker = start_worker(worker_env, "-v")
+    wait_until(lambda: "started" in _read(finished / "job.log"), what="the first job to start")
+    worker.send_signal(signal.SIGTERM)
+    time.sleep(0.5)
+    assert worker.poll() is None, "the first signal lets the current job finish"
+    (finished / "release").touch()
+    stdout, stderr = worker.communicate(timeout=20)
+    assert worker.returncode == 0, stderr
+    assert json.loads(stdout)["result"]["status"] == "success"
+    assert results.wait_for("finished")["status"] == "success"
+
+    worker = start_worker(worker_env)
+    wait_until(lambda: "started" in _read(abandoned / "job.log"), what="the second job to start")
+    worker.send_signal(signal.SIGTERM)
+    time.sleep(0.3)
+    worker.send_signal(signal.SIGTERM)
+    stdout, stderr = worker.communicate(timeout=20)
+    assert worker.returncode == 75, stderr
+    assert "stays queued" in stderr and "Traceback" not in stderr
+    assert not (abandoned / "done.txt").exists() and "abandoned" not in results.results
+    (abandoned / "release").touch()
+    code, summary, _ = run_worker(worker_env)
+    assert (code, summary["result"]["id"], summary["result"]["status"]) == (0, "abandoned", "success")
+
+
+def test_topic_overrides(worker_env, mosquitto):
+    root = Path(worker_env["JOBS_ROOT"])
+    env = dict(worker_env, MQTT_PENDING_TOPIC="factory/queue", MQTT_RESULT_TOPIC="factory/done/{id}/result")
+    register(env)
+    listener = ResultListener(mosquitto, topic="factory/done/+/result", result_topic="factory/done/{id}/result")
+    try:
+        publish(mosquitto, pointer("elsewhere", make_job(root, "elsewhere", ["echo wrong queue"])))
+        publish(mosquitto, pointer("custom", make_job(root, "custom", ["echo ok"])), topic="factory/queue")
+        code, summary, _ = run_worker(env)
+        assert (code, summary["result"]["id"]) == (0, "custom")
+        assert listener.wait_for("custom")["status"] == "success"
+        assert run_worker(env, wait_seconds=0.3)[1]["outcome"] == "no job"
+    finally:
+        listener.close()
+
+
+def test_mqtts_with_a_private_certificate_authority(clean_env, tmp_path, mosquitto_factory):
+    tls = make_tls_files(tmp_path / "tls")
+    server = mosquitto_factory(tls_files=tls)
+    root = tmp_path / "data"
+    work_dir = make_job(root, "over_tls", ["echo secure"])
+    env = dict(clean_env, MQTT_URL=server.url, MQTT_CA_FILE=str(tls.ca_file), JOBS_ROOT=str(root), WORKER_ID="tls")
+    register(env)
+    publish(server, pointer("over_tls", work_dir), ca_file=tls.ca_file)
+    code, summary, _ = run_worker(env)
+    assert (code, summary["broker"], summary["result"]["status"]) == (0, server.url, "success")
+    # Without the CA the broker's certificate is not trusted: unreachable, one line.
+    untrusting = {key: value for key, value in env.items() if key != "MQTT_CA_FILE"}
+    completed = run_cli(WORKER, "--connect-timeout", "0.5", env=untrusting)
+    assert_clean_failure(completed, 69)
+    assert "certificate" in completed.stderr.lower()
 
 
 # --- bad input ---------------------------------------------------------------------------
