@@ -220,3 +220,43 @@ def test_redis_restart_while_running_and_redis_down(
     dead = worker_setup.cli("run", "--duration", "1", BSNEXUS_REDIS_URL=f"redis://127.0.0.1:{free_port()}")
     assert_clean_failure(dead, 69)
     assert "Redis" in dead.stderr and "Traceback" not in dead.stderr
+
+
+def test_redis_refusals_are_clear_and_keep_the_password_secret(
+    worker_setup: WorkerSetup, bsnexus_backend: Backend, redis_server: RedisServer
+) -> None:
+    worker_setup.register(bsnexus_backend.url, redis_server.url)
+    client = redis_server.client()
+    client.set("tasks:queue", "not a stream")
+    wrong_type = worker_setup.cli("run", "--duration", "5")
+    assert_clean_failure(wrong_type, 78)
+    assert "Redis refused to read tasks" in wrong_type.stderr and "WRONGTYPE" in wrong_type.stderr
+    client.delete("tasks:queue")
+
+    client.config_set("requirepass", "right-pa55word")
+    no_password = worker_setup.cli("run", "--duration", "5")
+    assert_clean_failure(no_password, 77)
+    assert "BSNEXUS_REDIS_URL" in no_password.stderr
+    wrong_url = f"redis://:wrong-pa55word@127.0.0.1:{redis_server.port}"
+    wrong = worker_setup.cli("run", "--duration", "5", "--debug", BSNEXUS_REDIS_URL=wrong_url)
+    assert_clean_failure(wrong, 77)
+    assert "wrong-pa55word" not in wrong.stderr
+    status = worker_setup.cli("status", BSNEXUS_REDIS_URL=wrong_url)
+    assert_clean_failure(status, 77)
+    assert "wrong-pa55word" not in status.stdout + status.stderr
+    assert "redis://:***@127.0.0.1" in status.stdout
+
+
+def test_unregister_refuses_while_the_worker_runs(
+    worker_setup: WorkerSetup, bsnexus_backend: Backend, redis_server: RedisServer
+) -> None:
+    worker_setup.register(bsnexus_backend.url, redis_server.url)
+    worker = worker_setup.start("--duration", "10")
+    wait_until(lambda: worker_setup.state_dir.is_dir() and list(worker_setup.state_dir.glob("*.json")), what="start")
+    busy = worker_setup.cli("unregister")
+    assert_clean_failure(busy, 75)
+    assert "stop it before" in busy.stderr
+    worker.send_signal(signal.SIGINT)
+    code, _out, err = finish(worker)
+    assert code == 0, err
+    assert worker_setup.cli("unregister").returncode == 0

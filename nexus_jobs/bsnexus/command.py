@@ -19,7 +19,16 @@ from collections.abc import Sequence
 from typing import Any
 
 from .. import cli, config, state
-from ..errors import EXIT_OK, EXIT_TEMPFAIL, AuthError, BackendUnavailable, ConfigError, LockHeld, UsageError
+from ..errors import (
+    EXIT_OK,
+    EXIT_TEMPFAIL,
+    AuthError,
+    BackendUnavailable,
+    ConfigError,
+    LockHeld,
+    TransientError,
+    UsageError,
+)
 from . import executors, registration, streams, worker
 from . import settings as worker_settings
 from .heartbeat import Heartbeat
@@ -198,11 +207,13 @@ def status_command(args: argparse.Namespace) -> int:
     running = settings.state_dir.is_dir() and state.lock_is_held(settings.state_dir, settings.job_id)
     pending: dict[str, int] | None = None
     redis_problem = ""
+    refused = None
     client = streams.connect(settings.redis_url, poll_seconds=1.0)
     try:
         pending = streams.pending_counts(client, streams.channels(settings), consumer=settings.worker_id)
     except streams.down_errors() as error:
         redis_problem = str(error).split("\n")[0][:200]
+        refused = streams.refusal(error, what="show pending entries")
     finally:
         client.close()
     facts: dict[str, Any] = {
@@ -225,6 +236,8 @@ def status_command(args: argparse.Namespace) -> int:
         cli.print_json(facts)
     else:
         _print_status(facts, redis_problem)
+    if refused is not None:
+        raise refused
     if redis_problem:
         raise BackendUnavailable(f"Redis at {safe_url(settings.redis_url)} is unreachable: {redis_problem}")
     return EXIT_OK
@@ -259,7 +272,7 @@ def unregister_command(args: argparse.Namespace) -> int:
     _loaded, settings = _load(args)
     _require_identity(settings)
     if settings.state_dir.is_dir() and state.lock_is_held(settings.state_dir, settings.job_id):
-        raise LockHeld(f"worker {settings.worker_id} is running: stop it before unregistering it")
+        raise TransientError(f"worker {settings.worker_id} is running: stop it before unregistering it")
     session = registration.make_session(settings)
     try:
         registration.deregister(session, settings, worker_id=settings.worker_id, token=settings.worker_token)

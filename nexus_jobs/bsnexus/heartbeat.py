@@ -25,6 +25,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("nexus_jobs.bsnexus")
 
+CLOSE_WAIT_SECONDS = 5.0
+
 
 class Heartbeat(threading.Thread):
     def __init__(
@@ -54,15 +56,19 @@ class Heartbeat(threading.Thread):
     def run(self) -> None:
         next_beat = 0.0
         while not self.halt.is_set():
-            if time.monotonic() >= next_beat:
-                self.beat()
-                next_beat = time.monotonic() + self.settings.heartbeat_interval_seconds
-            self.keep_task_fresh()
+            try:
+                if time.monotonic() >= next_beat:
+                    next_beat = time.monotonic() + self.settings.heartbeat_interval_seconds
+                    self.beat()
+                self.keep_task_fresh()
+            except Exception as error:  # a bug here must not silently end the heartbeats
+                log.error("heartbeat: unexpected %s: %s", type(error).__name__, error)
             self.halt.wait(self.tick_seconds)
 
     def close(self) -> None:
         self.halt.set()
-        self.join(timeout=self.settings.http_timeout_seconds + 10)
+        # A daemon thread: a heartbeat stuck on a slow server must not hold up the stop.
+        self.join(timeout=CLOSE_WAIT_SECONDS)
 
     def beat(self) -> None:
         try:
@@ -99,7 +105,10 @@ class Heartbeat(threading.Thread):
         current = dataclasses.replace(self.settings, worker_id=self.worker_id, worker_token=self.token)
         try:
             answer = registration.register(self.session, current)
-            registration.save_identity(self.settings.env_file, current, answer)
+            if answer.worker_id != self.worker_id:
+                registration.save_identity(self.settings.env_file, current, answer)
+            else:
+                registration.save_token(self.settings.env_file, answer.token)
         except JobError as error:
             self.stop.request(
                 "re-registration failed",

@@ -14,6 +14,7 @@ import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from ..errors import AuthError, ConfigError, JobError
 from . import tasks
 from .settings import Settings
 
@@ -64,14 +65,34 @@ def connect(url: str, *, poll_seconds: float) -> redis.Redis:
 
 
 def down_errors() -> tuple[type[BaseException], ...]:
-    """Exceptions that mean Redis went away (reconnect with backoff)."""
+    """Exceptions that mean Redis went away (reconnect with backoff) or refused us (see
+    :func:`refusal`)."""
     import redis
 
     return (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError)
 
 
+def response_errors() -> tuple[type[BaseException], ...]:
+    import redis
+
+    return (redis.exceptions.ResponseError,)
+
+
 def is_missing_group(error: BaseException) -> bool:
     return "NOGROUP" in str(error)
+
+
+def refusal(error: BaseException, *, what: str) -> JobError | None:
+    """The documented error for a Redis answer that waiting cannot fix (wrong password, a
+    key of the wrong type, no permission), or None when reconnecting may help."""
+    import redis
+
+    text = str(error).split("\n")[0][:200]
+    if isinstance(error, (redis.exceptions.AuthenticationError, redis.exceptions.AuthorizationError)):
+        return AuthError(f"Redis refused the worker's credentials ({text}); check the password in BSNEXUS_REDIS_URL")
+    if isinstance(error, redis.exceptions.ResponseError) and not is_missing_group(error):
+        return ConfigError(f"Redis refused to {what}: {text}")
+    return None
 
 
 def ensure_groups(client: redis.Redis, channel_list: list[Channel]) -> None:

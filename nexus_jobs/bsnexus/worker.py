@@ -204,13 +204,14 @@ def work(
                 groups_ready = True
             delivery = reader.next(block_ms=block_ms)
             link.worked()
-        except streams.down_errors() as error:
+        except streams.down_errors() + streams.response_errors() as error:
+            refused = streams.refusal(error, what=f"read tasks from {settings.tasks_queue} and {settings.tasks_qa}")
+            if refused is not None:
+                raise refused from None
+            if streams.is_missing_group(error):
+                groups_ready = False  # Redis restarted without its data: create them again
+                continue
             link.failed(error, stop)
-            continue
-        except Exception as error:
-            if not streams.is_missing_group(error):
-                raise
-            groups_ready = False  # Redis restarted without its data: create them again
             continue
         if delivery is None:
             continue
@@ -230,7 +231,7 @@ def work(
                 stop=stop,
             )
             if published:
-                acknowledge(delivery, client=client, link=link, stop=stop)
+                acknowledge(delivery, client=client, link=link, stop=stop, settings=settings)
         finally:
             in_flight.delivery = None
         summary.handled += 1
@@ -365,7 +366,10 @@ def report(
                 streams.publish(client, settings.tasks_results, result)
             link.worked()
             return True
-        except streams.down_errors() as error:
+        except streams.down_errors() + streams.response_errors() as error:
+            refused = streams.refusal(error, what=f"publish a result to {settings.tasks_results}")
+            if refused is not None:
+                raise refused from None
             if stop.now:
                 log.error(
                     "the result of task %s was not published (Redis unreachable while stopping); "
@@ -376,13 +380,20 @@ def report(
             link.failed(error, _no_stop)
 
 
-def acknowledge(delivery: streams.Delivery, *, client: redis.Redis, link: RedisLink, stop: Stop) -> None:
+def acknowledge(
+    delivery: streams.Delivery, *, client: redis.Redis, link: RedisLink, stop: Stop, settings: Settings
+) -> None:
     while True:
         try:
             streams.acknowledge(client, delivery.channel, delivery.message_id)
             link.worked()
             return
-        except streams.down_errors() as error:
+        except streams.down_errors() + streams.response_errors() as error:
+            if streams.is_missing_group(error):  # Redis lost the group: nothing left to acknowledge
+                return
+            refused = streams.refusal(error, what=f"acknowledge in {delivery.channel.stream}")
+            if refused is not None:
+                raise refused from None
             if stop.now:
                 log.error(
                     "message %s not acknowledged (Redis unreachable); its result may be published twice",
@@ -390,10 +401,6 @@ def acknowledge(delivery: streams.Delivery, *, client: redis.Redis, link: RedisL
                 )
                 return
             link.failed(error, _no_stop)
-        except Exception as error:
-            if streams.is_missing_group(error):  # Redis lost the group: nothing left to acknowledge
-                return
-            raise
 
 
 # Waiting to publish a finished task's result must not be cut short by a first signal.
