@@ -52,9 +52,10 @@ class BrokerSession:
     def _on_connect(self, client: Any, userdata: Any, flags: Any, reason: Any, properties: Any) -> None:
         self.connack = reason
         self.connected = not reason.is_failure
-        if self.connected:
-            log.debug(
-                "connected to %s (session %s)", self.settings.broker, "resumed" if flags.session_present else "new"
+        if self.connected and not flags.session_present:
+            log.info(
+                "the broker had no session for %s: pointers published before now were not queued for it",
+                self.settings.worker_id,
             )
 
     def _on_disconnect(self, client: Any, userdata: Any, flags: Any, reason: Any, properties: Any) -> None:

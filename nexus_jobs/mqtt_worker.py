@@ -245,7 +245,13 @@ def execute(
         started_at=started_at,
         error=outcome.error,
     )
-    mqtt_jobs.write_result_record(pointer.work_dir, result)
+    try:
+        mqtt_jobs.write_result_record(pointer.work_dir, result)
+    except OSError as error:
+        # Without the record a redelivery would run the job again: better not to report it.
+        raise TransientError(
+            f"job {pointer.job_id}: cannot write its result record: {error.strerror or error}; the pointer stays queued"
+        ) from None
     log.info("job %s: %s (exit code %d)", pointer.job_id, outcome.status, outcome.exit_code)
     return result
 
