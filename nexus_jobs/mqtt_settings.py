@@ -32,7 +32,7 @@ OPTIONS = (
         "mqtt.caFile",
         str,
         "",
-        "CA certificates for mqtts:// (default: the system's)",
+        "CA certificates for mqtts:// (empty: the system's)",
         flag="--mqtt-ca-file",
         env="MQTT_CA_FILE",
     ),
@@ -41,7 +41,7 @@ OPTIONS = (
         str,
         "",
         "MQTT client id, the key of the persistent session: stable across restarts, unique per worker "
-        "(default: mqtt-job-worker-<host name>)",
+        "(empty: mqtt-job-worker-<host name>)",
         flag="--worker-id",
         env="WORKER_ID",
     ),
@@ -151,12 +151,14 @@ def add_flags(parser: argparse.ArgumentParser) -> None:
     for option in OPTIONS:
         if option.flag is None or option.secret:
             continue
-        default = f"default: {option.default!r}" if option.default not in ("", None) else "no default"
+        where = [f"env {option.env}"]
+        if option.default not in ("", None):
+            where.insert(0, f"default: {option.default}")
         parser.add_argument(
             option.flag,
             dest=option.dest,
-            metavar=option.path.split(".")[-1].upper(),
-            help=f"{option.help} ({default}; env {option.env})",
+            metavar=option.flag.lstrip("-").replace("-", "_").upper(),
+            help=f"{option.help} ({'; '.join(where)})",
         )
 
 

@@ -262,6 +262,26 @@ def test_one_job_per_start_and_pointers_arriving_meanwhile_stay_queued(worker_en
         assert len(results.results[name]) == 1
 
 
+def test_pointer_arriving_while_the_worker_is_busy_waits_for_the_next_start(worker_env, mosquitto, results):
+    root = Path(worker_env["JOBS_ROOT"])
+    register(worker_env)
+    busy = make_job(root, "busy", ["echo started; while [ ! -f release ]; do sleep 0.05; done"])
+    later = make_job(root, "later", ["echo ran >> runs.txt"])
+    publish(mosquitto, pointer("busy", busy))
+    worker = start_worker(worker_env, "--wait-timeout", "10")
+    wait_until(lambda: "started" in _read(busy / "job.log"), what="the first job to start")
+    publish(mosquitto, pointer("later", later))
+    time.sleep(0.3)
+    (busy / "release").touch()
+    stdout, stderr = worker.communicate(timeout=20)
+    assert (worker.returncode, json.loads(stdout)["result"]["id"]) == (0, "busy"), stderr
+    assert not (later / "job.log").exists(), "one job per start"
+    code, summary, _ = run_worker(worker_env)
+    assert (code, summary["result"]["id"]) == (0, "later")
+    assert (later / "runs.txt").read_text() == "ran\n"
+    assert results.wait_for("later")["status"] == "success"
+
+
 def test_worker_killed_mid_job_gets_the_job_again_and_finishes_it(worker_env, mosquitto, results):
     root = Path(worker_env["JOBS_ROOT"])
     register(worker_env)
