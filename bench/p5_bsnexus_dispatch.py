@@ -26,8 +26,8 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from nexus_jobs.bsnexus import record, streams, worker  # noqa: E402
 from nexus_jobs.bsnexus import settings as worker_settings  # noqa: E402
-from nexus_jobs.bsnexus import streams, worker  # noqa: E402
 from nexus_jobs.bsnexus.executors import Executor, Outcome, Request, ShouldAbort  # noqa: E402
 from tests.redis_server import RedisServer  # noqa: E402
 
@@ -73,7 +73,7 @@ def run_worker(redis_url: str, state_dir: Path, count: int) -> float:
     fill(client, "tasks:queue", count)
     settings = make_settings(redis_url, state_dir, count)
     stop = worker.Stop(grace_seconds=0)
-    tally = worker.Tally(settings=settings, worker_id=settings.worker_id)
+    tally = record.Tally(settings=settings, worker_id=settings.worker_id)
     started = time.perf_counter()
     summary = worker.work(
         settings=settings,

@@ -288,3 +288,72 @@ def test_tokens_never_reach_logs_results_or_process_arguments(
         everything += json.dumps(call["argv"]) + json.dumps(call["env"])
     assert "task s-1" in err  # the debug log was written
     assert token not in everything and REGISTRATION_TOKEN not in everything
+
+
+def test_long_task_keeps_its_entry_and_heartbeats_go_on(
+    worker_setup: WorkerSetup, bsnexus_backend: Backend, redis_server: RedisServer, tmp_path: Path
+) -> None:
+    import dataclasses
+
+    other = dataclasses.replace(worker_setup, env_file=worker_setup.env_file.with_name("other.env"))
+    worker_setup.register(bsnexus_backend.url, redis_server.url)
+    other.register(bsnexus_backend.url, redis_server.url)
+    worker_id = worker_setup.saved()["BSNEXUS_WORKER_ID"]
+    client = redis_server.client()
+    fast = {"BSNEXUS_VISIBILITY_TIMEOUT_SECONDS": "0.4"}
+    busy = worker_setup.start(**fast)
+    add_task(client, task_id="long", repo_path=str(tmp_path / "repo"), worker_prompt=prompt_json("@sleep=2.5"))
+    wait_until(lambda: worker_setup.claude_calls(), what="the long task to start")
+    beats_at_start = bsnexus_backend.state.heartbeats(worker_id)
+    idle = other.start(**fast)  # would claim the entry if it went idle for 0.4 s
+    wait_until(lambda: results(client), deadline_seconds=20, what="the long task's result")
+    assert bsnexus_backend.state.heartbeats(worker_id) >= beats_at_start + 5  # every 0.2 s during the task
+    for worker in (busy, idle):
+        worker.send_signal(signal.SIGTERM)
+        code, _out, err = finish(worker)
+        assert code == 0, err
+    assert len(worker_setup.claude_calls()) == 1
+    (published,) = results(client)
+    assert published["worker_id"] == worker_id and published["delivery_count"] == "1"
+
+
+def test_second_signal_kills_the_task_at_once(
+    worker_setup: WorkerSetup, bsnexus_backend: Backend, redis_server: RedisServer, tmp_path: Path
+) -> None:
+    worker_setup.register(bsnexus_backend.url, redis_server.url)
+    client = redis_server.client()
+    add_task(client, task_id="stuck", repo_path=str(tmp_path / "repo"), worker_prompt=prompt_json("@sleep=60"))
+    worker = worker_setup.start(BSNEXUS_GRACE_SECONDS="120")
+    wait_until(lambda: worker_setup.claude_calls(), what="the task to start")
+    started = time.monotonic()
+    worker.send_signal(signal.SIGINT)
+    time.sleep(0.3)
+    worker.send_signal(signal.SIGTERM)
+    code, _out, err = finish(worker)
+    assert code == 0, err
+    assert time.monotonic() - started < 10
+    (killed,) = results(client)
+    assert killed["success"] == "false" and "second signal" in killed["error_message"]
+    assert client.xpending("tasks:queue", "workers")["pending"] == 0
+
+
+def test_revert_message_reverts_the_commit(
+    worker_setup: WorkerSetup, bsnexus_backend: Backend, redis_server: RedisServer, tmp_path: Path
+) -> None:
+    worker_setup.register(bsnexus_backend.url, redis_server.url)
+    client = redis_server.client()
+    repo = tmp_path / "repo"
+    add_task(client, task_id="v-1", repo_path=str(repo), branch_name="task/v", worker_prompt=prompt_json("x"))
+    assert worker_setup.cli("run", "--max-tasks", "1").returncode == 0
+    (done,) = results(client)
+    files_before = _git(repo, "ls-tree", "--name-only", "task/v")
+    assert "work-" in files_before
+    add_task(
+        client, type="revert", task_id="v-1", repo_path=str(repo), branch_name="task/v", commit_hash=done["commit_hash"]
+    )
+    result = worker_setup.cli("run", "--max-tasks", "1")
+    assert result.returncode == 0, result.stderr
+    assert len(results(client)) == 1  # BSNexus expects no result for a revert
+    assert "work-" not in _git(repo, "ls-tree", "--name-only", "task/v")
+    assert _git(repo, "log", "-1", "--format=%s", "task/v").startswith("Revert")
+    assert client.xpending("tasks:queue", "workers")["pending"] == 0

@@ -29,7 +29,7 @@ from ..errors import (
     TransientError,
     UsageError,
 )
-from . import executors, registration, streams, worker
+from . import executors, record, registration, streams, worker
 from . import settings as worker_settings
 from .heartbeat import Heartbeat
 from .settings import Settings, safe_url
@@ -148,7 +148,7 @@ def _run_locked(settings: Settings, executor: executors.Executor, *, json_output
     previous = {number: signal.signal(number, stop.on_signal) for number in (signal.SIGTERM, signal.SIGINT)}
     client = streams.connect(settings.redis_url, poll_seconds=settings.poll_seconds)
     session = registration.make_session(settings)
-    tally = worker.Tally(settings=settings, worker_id=settings.worker_id)
+    tally = record.Tally(settings=settings, worker_id=settings.worker_id)
     tally.save(pid=os.getpid(), stoppedAt=None, stopReason=None)
     in_flight = worker.InFlight()
     beat = Heartbeat(settings=settings, session=session, client=client, stop=stop, tally=tally, in_flight=in_flight)
@@ -203,7 +203,7 @@ def _run_locked(settings: Settings, executor: executors.Executor, *, json_output
 def status_command(args: argparse.Namespace) -> int:
     _loaded, settings = _load(args)
     _require_identity(settings)
-    record = state.read_json(state.run_record_path(settings.state_dir, settings.job_id), repair=False) or {}
+    facts_of_runs = record.read(settings)
     running = settings.state_dir.is_dir() and state.lock_is_held(settings.state_dir, settings.job_id)
     pending: dict[str, int] | None = None
     redis_problem = ""
@@ -224,12 +224,12 @@ def status_command(args: argparse.Namespace) -> int:
         "executorType": settings.executor_type,
         "envFile": str(settings.env_file),
         "running": running,
-        "lastHeartbeatAt": record.get("lastHeartbeatAt"),
-        "lastHeartbeatOutcome": record.get("lastHeartbeatOutcome"),
-        "tasksDone": record.get("tasksDone", 0),
-        "tasksFailed": record.get("tasksFailed", 0),
-        "lastStoppedAt": record.get("stoppedAt"),
-        "lastStopReason": record.get("stopReason"),
+        "lastHeartbeatAt": facts_of_runs.get("lastHeartbeatAt"),
+        "lastHeartbeatOutcome": facts_of_runs.get("lastHeartbeatOutcome"),
+        "tasksDone": facts_of_runs.get("tasksDone", 0),
+        "tasksFailed": facts_of_runs.get("tasksFailed", 0),
+        "lastStoppedAt": facts_of_runs.get("stoppedAt"),
+        "lastStopReason": facts_of_runs.get("stopReason"),
         "pending": pending,
     }
     if args.json:

@@ -16,8 +16,9 @@ from typing import TYPE_CHECKING
 
 from ..errors import AuthError, BackendUnavailable, JobError, TransientError
 from . import registration, streams
+from .record import Tally
 from .settings import Settings
-from .worker import InFlight, Stop, Tally
+from .worker import InFlight, Stop
 
 if TYPE_CHECKING:
     import redis
