@@ -39,51 +39,55 @@ class TlsFiles:
     key_file: Path
 
 
+# A throw-away CA and a certificate for 127.0.0.1 signed by it (EC P-256, valid from 2000 to 2125),
+# embedded so the tests need no openssl command. Test material only: it protects nothing.
+TEST_CA_CERT = """\
+-----BEGIN CERTIFICATE-----
+MIIBgTCCASagAwIBAgIUL3ZK08rFG2H302v2DKhu0x2RctAwCgYIKoZIzj0EAwIw
+HTEbMBkGA1UEAwwSbmV4dXMtam9icyB0ZXN0IENBMCAXDTAwMDEwMTAwMDAwMFoY
+DzIxMjUwMTAxMDAwMDAwWjAdMRswGQYDVQQDDBJuZXh1cy1qb2JzIHRlc3QgQ0Ew
+WTATBgcqhkjOPQIBBggqhkjOPQMBBwNCAARHM4ey+pYhoy90YcDkMZ8c/5tfwTuh
+SwSkPg61KvRG2BGRgC0uIUCIn2GQBDp/PlMcqM60rY8YVKsHbcAiE8sqo0IwQDAP
+BgNVHRMBAf8EBTADAQH/MA4GA1UdDwEB/wQEAwIBBjAdBgNVHQ4EFgQUppW49PDN
+Ey1Q2GrdDXrkKdBHU2owCgYIKoZIzj0EAwIDSQAwRgIhAKBtfpXec1xWwgo7HIGC
+ksnTY9PzkCDY2q20/3hdEOcbAiEA4CzJD7gIMWUwCOHQoqhTkrlCLMX5SaCrJIGv
+lpv7rUI=
+-----END CERTIFICATE-----
+"""
+TEST_SERVER_CERT = """\
+-----BEGIN CERTIFICATE-----
+MIIBvDCCAWOgAwIBAgIUS8c0Trxze64G4HIYPph8Iki1cwQwCgYIKoZIzj0EAwIw
+HTEbMBkGA1UEAwwSbmV4dXMtam9icyB0ZXN0IENBMCAXDTAwMDEwMTAwMDAwMFoY
+DzIxMjUwMTAxMDAwMDAwWjAUMRIwEAYDVQQDDAkxMjcuMC4wLjEwWTATBgcqhkjO
+PQIBBggqhkjOPQMBBwNCAASEr+k1TVASqiO+Tinwd+u0xWm2p0kePhbPUi1nYsaI
+bjnV4zI6+rZ8/ERrupdvcxsXtmbhBp/+s6Ov7y404SS/o4GHMIGEMA8GA1UdEQQI
+MAaHBH8AAAEwDAYDVR0TAQH/BAIwADAOBgNVHQ8BAf8EBAMCB4AwEwYDVR0lBAww
+CgYIKwYBBQUHAwEwHQYDVR0OBBYEFPJrTTAXJ1W6dHoeMYfINS66F+RbMB8GA1Ud
+IwQYMBaAFKaVuPTwzRMtUNhq3Q165CnQR1NqMAoGCCqGSM49BAMCA0cAMEQCIHBA
+1jgMv/bDxKgqRsOi+ZUBs8fIey9Wc+AEPhuHAknjAiAOLHBRC4Mq3/DL/xjXzn1s
+fMwvaWN1aUDh7pahenPlkg==
+-----END CERTIFICATE-----
+"""
+TEST_SERVER_KEY = """\
+-----BEGIN PRIVATE KEY-----
+MIGHAgEAMBMGByqGSM49AgEGCCqGSM49AwEHBG0wawIBAQQgKM2KKgZn7R5NBvh8
+NhhzCQSBOelDUE1ZxL8B3x7VVmChRANCAASEr+k1TVASqiO+Tinwd+u0xWm2p0ke
+PhbPUi1nYsaIbjnV4zI6+rZ8/ERrupdvcxsXtmbhBp/+s6Ov7y404SS/
+-----END PRIVATE KEY-----
+"""
+
+
 def make_tls_files(directory: Path) -> TlsFiles:
-    """A throw-away CA and a server certificate for 127.0.0.1 (openssl)."""
+    """Write the test CA, server certificate and key for a TLS listener on 127.0.0.1."""
     directory.mkdir(parents=True, exist_ok=True)
-    ca_key, ca_file = directory / "ca.key", directory / "ca.crt"
-    key_file, request, cert_file = directory / "server.key", directory / "server.csr", directory / "server.crt"
-    extensions = directory / "server.ext"
-    extensions.write_text("subjectAltName=IP:127.0.0.1\n", encoding="utf-8")
-    commands = [
-        [
-            "req",
-            "-x509",
-            "-newkey",
-            "rsa:2048",
-            "-nodes",
-            "-keyout",
-            ca_key,
-            "-out",
-            ca_file,
-            "-days",
-            "2",
-            "-subj",
-            "/CN=nexus-jobs test CA",
-        ],
-        ["req", "-newkey", "rsa:2048", "-nodes", "-keyout", key_file, "-out", request, "-subj", "/CN=127.0.0.1"],
-        [
-            "x509",
-            "-req",
-            "-in",
-            request,
-            "-CA",
-            ca_file,
-            "-CAkey",
-            ca_key,
-            "-CAcreateserial",
-            "-out",
-            cert_file,
-            "-days",
-            "2",
-            "-extfile",
-            extensions,
-        ],
-    ]
-    for arguments in commands:
-        subprocess.run(["openssl", *map(str, arguments)], check=True, capture_output=True)
-    return TlsFiles(ca_file=ca_file, cert_file=cert_file, key_file=key_file)
+    files = TlsFiles(
+        ca_file=directory / "ca.crt", cert_file=directory / "server.crt", key_file=directory / "server.key"
+    )
+    files.ca_file.write_text(TEST_CA_CERT, encoding="ascii")
+    files.cert_file.write_text(TEST_SERVER_CERT, encoding="ascii")
+    files.key_file.touch(mode=0o600)
+    files.key_file.write_text(TEST_SERVER_KEY, encoding="ascii")
+    return files
 
 
 class MosquittoServer:
