@@ -492,13 +492,16 @@ class Ledger:
         self.dirty = True
 
     def prune(self) -> None:
-        """Forget acknowledged ids, stale attempts and malformed fingerprints after the
-        retention period, so the file does not grow without bound."""
+        """Forget handled ids (acknowledged, or whose acknowledgement was never confirmed),
+        stale attempts and malformed fingerprints after the retention period, so the file
+        does not grow without bound."""
         cutoff = state.now_utc() - RETENTION
-        for table, stamp in ((self.handled, "acknowledgedAt"), (self.attempts, "lastAt")):
-            for key in [key for key, entry in table.items() if _older(_mapping(entry).get(stamp), cutoff)]:
-                del table[key]
-                self.dirty = True
+        for table, stamps in ((self.handled, ("acknowledgedAt", "at")), (self.attempts, ("lastAt",))):
+            for key, entry in list(table.items()):
+                moment = next((_mapping(entry)[s] for s in stamps if s in _mapping(entry)), None)
+                if _older(moment, cutoff):
+                    del table[key]
+                    self.dirty = True
         for key in [key for key, moment in self.malformed.items() if _older(moment, cutoff)]:
             del self.malformed[key]
             self.dirty = True

@@ -401,3 +401,28 @@ def test_bad_input_is_one_clear_line(
     # argparse's usage synopsis may precede a flag error; the error itself is one line.
     lines = [line for line in result.stderr.splitlines() if line.strip() and not line.startswith(("usage:", " "))]
     assert len(lines) <= 3, result.stderr
+
+
+def test_state_is_pruned_after_the_retention_period(make: Any, nexus_webhooks: NexusWebhooksDouble) -> None:
+    setup = make(endpoint=nexus_webhooks.url)
+    setup.state_dir.mkdir()
+    old, recent = "2020-01-01T00:00:00.000+00:00", "2999-01-01T00:00:00.000+00:00"
+    ledger = {
+        "version": 1,
+        "handled": {
+            "old-acked": {"agentId": "main", "outcome": "delivered", "at": old, "acknowledgedAt": old},
+            "old-unconfirmed": {"agentId": "main", "outcome": "delivered", "at": old},
+            "recent": {"agentId": "main", "outcome": "delivered", "at": recent, "acknowledgedAt": recent},
+        },
+        "attempts": {"old-try": {"count": 1, "lastAt": old}, "recent-try": {"count": 1, "lastAt": recent}},
+        "malformed": {"f" * 64: old},
+    }
+    path = setup.state_dir / "webhook-pull.delivered.json"
+    path.write_text(json.dumps(ledger))
+    nexus_webhooks.add("main", item("recent"))
+    assert_quiet_success(setup.run())
+    kept = json.loads(path.read_text())
+    assert sorted(kept["handled"]) == ["recent"] and sorted(kept["attempts"]) == ["recent-try"]
+    assert kept["malformed"] == {}
+    assert nexus_webhooks.acknowledged == ["recent"], "a remembered id is acknowledged again"
+    assert not (setup.workspaces["main"] / "inbox").exists(), "... and not delivered a second time"
