@@ -206,6 +206,10 @@ prompt = sys.stdin.read()
 entry = {{"argv": sys.argv, "cwd": os.getcwd(), "prompt": prompt, "env": dict(os.environ), "pid": os.getpid()}}
 with open(os.environ["FAKE_CLAUDE_LOG"], "a") as handle:
     handle.write(json.dumps(entry) + "\\n")
+if "@spawn" in prompt:
+    import subprocess
+    grandchild = subprocess.Popen(["sleep", "60"])
+    pathlib.Path(os.environ["FAKE_CLAUDE_LOG"] + ".grandchild").write_text(str(grandchild.pid))
 if "@ignore-term" in prompt:
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
 if "@sleep-first" in prompt:

@@ -198,7 +198,7 @@ def test_timeout_kills_the_process_group(
 ) -> None:
     worker_setup.register(bsnexus_backend.url, redis_server.url)
     client = redis_server.client()
-    add_task(client, task_id="slow", repo_path=str(tmp_path / "repo"), worker_prompt=prompt_json("@sleep=30"))
+    add_task(client, task_id="slow", repo_path=str(tmp_path / "repo"), worker_prompt=prompt_json("@spawn @sleep=30"))
     started = time.monotonic()
     result = worker_setup.cli("run", "--max-tasks", "1", BSNEXUS_TASK_TIMEOUT_SECONDS="0.5")
     assert result.returncode == 0, result.stderr
@@ -206,7 +206,16 @@ def test_timeout_kills_the_process_group(
     (failed,) = results(client)
     assert failed["success"] == "false" and "timed out after 0.5 s" in failed["error_message"]
     (call,) = worker_setup.claude_calls()
-    assert not Path(f"/proc/{call['pid']}").exists() or "zombie" in Path(f"/proc/{call['pid']}/status").read_text()
+    grandchild = int(Path(str(worker_setup.claude_log) + ".grandchild").read_text())
+    for pid in (call["pid"], grandchild):  # the whole process group is gone
+        wait_until(lambda pid=pid: _gone(pid), what=f"process {pid} to be killed")
+
+
+def _gone(pid: int) -> bool:
+    try:
+        return "State:\tZ" in Path(f"/proc/{pid}/status").read_text()
+    except FileNotFoundError:
+        return True
 
 
 def test_sigterm_lets_the_task_finish_within_grace_then_kills(
@@ -357,3 +366,34 @@ def test_revert_message_reverts_the_commit(
     assert "work-" not in _git(repo, "ls-tree", "--name-only", "task/v")
     assert _git(repo, "log", "-1", "--format=%s", "task/v").startswith("Revert")
     assert client.xpending("tasks:queue", "workers")["pending"] == 0
+
+
+def test_executors_plug_in_through_the_entry_point_group(
+    worker_setup: WorkerSetup, bsnexus_backend: Backend, redis_server: RedisServer, tmp_path: Path
+) -> None:
+    plugins = tmp_path / "plugins"
+    (plugins / "shout_executor-1.0.dist-info").mkdir(parents=True)
+    (plugins / "shout_executor-1.0.dist-info" / "METADATA").write_text(
+        "Metadata-Version: 2.1\nName: shout-executor\nVersion: 1.0\n"
+    )
+    (plugins / "shout_executor-1.0.dist-info" / "entry_points.txt").write_text(
+        "[nexus_jobs.bsnexus_executors]\nshout = shout_executor:ShoutExecutor\n"
+    )
+    (plugins / "shout_executor.py").write_text(
+        "from nexus_jobs.bsnexus.executors import Executor, Outcome\n"
+        "class ShoutExecutor(Executor):\n"
+        "    name = 'shout'\n"
+        "    def execute(self, request, *, should_abort):\n"
+        "        return Outcome(True, request.prompt.upper())\n"
+    )
+    worker_setup.register(bsnexus_backend.url, redis_server.url, "--executor", "shout", PYTHONPATH=str(plugins))
+    client = redis_server.client()
+    add_task(client, task_id="e-1", worker_prompt=prompt_json("quiet words"))
+    result = worker_setup.cli("run", "--max-tasks", "1", PYTHONPATH=str(plugins))
+    assert result.returncode == 0, result.stderr
+    (published,) = results(client)
+    assert published["success"] == "true" and published["output"] == "QUIET WORDS"
+    assert bsnexus_backend.state.requests_to("register")[0].body["executor_type"] == "shout"
+    missing = worker_setup.cli("run", "--max-tasks", "1")  # the plug-in is not installed here
+    assert_clean_failure(missing, 78)
+    assert "unknown executor 'shout'" in missing.stderr

@@ -24,15 +24,13 @@ from dataclasses import dataclass
 from importlib.metadata import EntryPoint, entry_points
 
 from ..errors import ConfigError
-from .settings import Settings
+from .settings import Settings, child_environment
 from .tasks import truncate
 
 ENTRY_POINT_GROUP = "nexus_jobs.bsnexus_executors"
 KILL_WAIT_SECONDS = 3.0
 WAIT_STEP_SECONDS = 0.05
 COMMAND_PLACEHOLDERS = ("task_id", "kind", "repo_path", "branch_name")
-# Never handed to an executor: worker credentials and a Redis URL that may hold a password.
-_PRIVATE_ENV = ("BSNEXUS_WORKER_TOKEN", "BSNEXUS_REGISTRATION_TOKEN", "BSNEXUS_REDIS_URL", "NEXUS_API_KEY")
 
 ShouldAbort = Callable[[], str]  # returns why the task must be killed now, or ""
 
@@ -219,10 +217,6 @@ def load(name: str, settings: Settings) -> Executor:
             f"BSNEXUS_EXECUTOR_TYPE / --executor: unknown executor {name!r} (known: {', '.join(sorted(known))})"
         )
     return known[name](settings)
-
-
-def child_environment() -> dict[str, str]:
-    return {key: value for key, value in os.environ.items() if key not in _PRIVATE_ENV}
 
 
 def run_process(

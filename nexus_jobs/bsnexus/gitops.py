@@ -4,9 +4,10 @@ report the commit hash (every successful task gets its own commit, so it can be 
 
 from __future__ import annotations
 
-import os
 import subprocess
 from pathlib import Path
+
+from .settings import child_environment
 
 GIT_TIMEOUT_SECONDS = 120.0
 DEFAULT_BRANCH = "main"
@@ -19,7 +20,7 @@ class GitError(RuntimeError):
 
 
 def _git(repo_path: str, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-    environment = {**os.environ, "GIT_TERMINAL_PROMPT": "0", "LC_ALL": "C"}
+    environment = child_environment(GIT_TERMINAL_PROMPT="0", LC_ALL="C")
     try:
         completed = subprocess.run(
             ["git", "-C", repo_path, *args],
