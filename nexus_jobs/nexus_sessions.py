@@ -8,7 +8,6 @@ Both stores answer :meth:`upload` with an :class:`Outcome`; neither raises for a
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import os
 import re
@@ -31,7 +30,7 @@ _CONTROL_BYTES = re.compile(rb"[\x00-\x1f]")
 _CONTROL_CHARACTERS = bytes(range(0x20))
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True, eq=False)
 class Upload:
     """One transcript, read and checked, ready to send."""
 
@@ -43,7 +42,7 @@ class Upload:
     sha256: str
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Outcome:
     kind: str
     detail: str = ""
@@ -217,6 +216,8 @@ class FileSessionStore:
 
 
 def _existing(target: Path, upload: Upload) -> Outcome:
+    import hashlib  # imported here, as in session_upload: a not-due run never needs it
+
     digest = hashlib.sha256()
     with target.open("rb") as handle:
         for chunk in iter(lambda: handle.read(1 << 20), b""):

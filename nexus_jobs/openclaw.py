@@ -23,7 +23,7 @@ TOPIC_SEPARATOR = "-topic-"
 ARCHIVE_PATTERN = re.compile(r"^(?P<stem>.+)\.jsonl\.(?P<reason>reset|deleted)\.(?P<stamp>.+?)(?P<zst>\.zst)?$")
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True, eq=False)
 class Transcript:
     """A complete transcript file, as found by :func:`scan`."""
 
@@ -45,7 +45,7 @@ class Transcript:
         return self.name[: -len(ZSTD_SUFFIX)] if self.compressed else self.name
 
 
-@dataclass
+@dataclass(slots=True, eq=False)
 class Scan:
     """What one sessions directory holds: complete transcripts, and why others wait."""
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import codecs
-import hashlib
 import logging
 import time
 from collections.abc import Sequence
@@ -339,6 +338,8 @@ def read_transcript(transcript: openclaw.Transcript, *, max_bytes: int) -> Uploa
     problem = _utf8_problem(content)
     if problem:
         return Outcome(REJECTED, problem)
+    import hashlib  # imported here: loading OpenSSL costs a not-due run ms
+
     return Upload(
         agent_id=transcript.agent_id,
         session_id=transcript.session_id,
