@@ -412,9 +412,11 @@ def test_broker_restart_between_pointer_and_worker_start_loses_nothing(worker_en
         listener.close()
 
 
-def test_stop_signal_while_waiting_exits_cleanly(worker_env):
+def test_stop_signal_while_waiting_exits_cleanly(worker_env, mosquitto):
     waiting = start_worker(worker_env, "-v")
-    time.sleep(1.0)  # started, connected and waiting
+    # Connected (so its signal handlers are in place) and waiting for a pointer.
+    connected = f"as {worker_env['WORKER_ID']} "
+    wait_until(lambda: connected in mosquitto.log_path.read_text(), what="the worker to connect")
     waiting.send_signal(signal.SIGTERM)
     stdout, stderr = waiting.communicate(timeout=10)
     assert waiting.returncode == 0, stderr
