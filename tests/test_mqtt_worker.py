@@ -412,6 +412,28 @@ def test_broker_restart_between_pointer_and_worker_start_loses_nothing(worker_en
         listener.close()
 
 
+def test_broker_restart_during_a_job_loses_nothing(worker_env, mosquitto):
+    root = Path(worker_env["JOBS_ROOT"])
+    register(worker_env)
+    work_dir = make_job(root, "through_restart", ["echo started; while [ ! -f release ]; do sleep 0.05; done"])
+    publish(mosquitto, pointer("through_restart", work_dir))
+    worker = start_worker(worker_env, "-v")
+    wait_until(lambda: "started" in _read(work_dir / "job.log"), what="the job to start")
+    mosquitto.restart()
+    listener = ResultListener(mosquitto)
+    try:
+        (work_dir / "release").touch()
+        stdout, stderr = worker.communicate(timeout=30)
+        assert worker.returncode == 0, stderr
+        assert json.loads(stdout)["outcome"] == "ran"
+        assert "reconnecting" in stderr
+        assert listener.wait_for("through_restart")["status"] == "success"
+    finally:
+        listener.close()
+    assert run_worker(worker_env, wait_seconds=0.3)[1]["outcome"] == "no job"
+    assert _read(work_dir / "job.log").count("=== job through_restart started") == 1
+
+
 def test_stop_signal_while_waiting_exits_cleanly(worker_env, mosquitto):
     waiting = start_worker(worker_env, "-v")
     # Connected (so its signal handlers are in place) and waiting for a pointer.
