@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import threading
 import time
@@ -564,6 +565,16 @@ BAD_POINTERS = {
     ),
     "job.json steps not a list": lambda root: (_job_file_with_string_steps(root), "file_steps", "non-empty list"),
     "job.json not JSON": lambda root: (_broken_job_file(root), "broken_file", "invalid JSON"),
+    "job.json env not strings": lambda root: (
+        json.dumps(pointer("bad_env", make_job(root, "bad_env", ["touch escaped"], env={"N": 1}))).encode(),
+        "bad_env",
+        "env must be",
+    ),
+    "job.json negative timeout": lambda root: (
+        json.dumps(pointer("bad_timeout", make_job(root, "bad_timeout", ["touch escaped"], timeout=-1))).encode(),
+        "bad_timeout",
+        "timeout must be",
+    ),
     "huge payload": lambda root: (json.dumps(pointer("huge", "x", pad="x" * 2_000_000)).encode(), None, "larger than"),
 }
 
@@ -638,6 +649,12 @@ def test_bad_settings_give_one_clear_line_and_exit_78(case, clean_env, tmp_path)
     assert len(completed.stderr.strip().splitlines()) == 1, completed.stderr
     assert named in completed.stderr
     assert "secret" not in completed.stderr
+
+
+def test_worker_id_defaults_to_one_derived_from_the_host_name(worker_env):
+    env = {key: value for key, value in worker_env.items() if key != "WORKER_ID"}
+    code, summary, _ = run_worker(env, wait_seconds=0.1)
+    assert (code, summary["worker"]) == (0, f"mqtt-job-worker-{socket.gethostname()}")
 
 
 def test_usage_error_exits_2(clean_env):
