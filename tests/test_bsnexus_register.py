@@ -170,6 +170,11 @@ def test_bad_command_line_input(worker_setup: WorkerSetup, bsnexus_backend: Back
         "register", "--url", bsnexus_backend.url, "--token", REGISTRATION_TOKEN, "--redis-url", "localhost:6379"
     )
     assert_clean_failure(bad_redis, 78)
+    bad_port = worker_setup.cli(
+        "register", "--url", bsnexus_backend.url, "--token", REGISTRATION_TOKEN, "--redis-url", "redis://:pw@h:port"
+    )
+    assert_clean_failure(bad_port, 78)
+    assert "Port could not be cast" in bad_port.stderr and ":pw@" not in bad_port.stderr
     missing_file = run_cli("bsnexus-worker", "run", "--env-file", "/nonexistent/x.env", env=worker_setup.env)
     assert_clean_failure(missing_file, 78)
     unregistered = worker_setup.cli("status")

@@ -397,3 +397,35 @@ def test_executors_plug_in_through_the_entry_point_group(
     missing = worker_setup.cli("run", "--max-tasks", "1")  # the plug-in is not installed here
     assert_clean_failure(missing, 78)
     assert "unknown executor 'shout'" in missing.stderr
+
+
+def test_duration_expiry_mid_task_kills_it_after_the_grace_period(
+    worker_setup: WorkerSetup, bsnexus_backend: Backend, redis_server: RedisServer, tmp_path: Path
+) -> None:
+    worker_setup.register(bsnexus_backend.url, redis_server.url)
+    client = redis_server.client()
+    add_task(client, task_id="late", repo_path=str(tmp_path / "repo"), worker_prompt=prompt_json("@sleep=30"))
+    started = time.monotonic()
+    result = worker_setup.cli("run", "--duration", "0.5", BSNEXUS_GRACE_SECONDS="0.3")
+    assert result.returncode == 0, result.stderr
+    assert time.monotonic() - started < 10
+    (killed,) = results(client)
+    assert killed["success"] == "false" and "--duration of 0.5 s reached" in killed["error_message"]
+    assert "0.3 s grace period" in killed["error_message"]
+
+
+def test_corrupt_state_file_is_moved_aside(
+    worker_setup: WorkerSetup, bsnexus_backend: Backend, redis_server: RedisServer, tmp_path: Path
+) -> None:
+    worker_setup.register(bsnexus_backend.url, redis_server.url)
+    worker_id = worker_setup.saved()["BSNEXUS_WORKER_ID"]
+    worker_setup.state_dir.mkdir()
+    record = worker_setup.state_dir / f"bsnexus-worker-{worker_id}.json"
+    record.write_text('{"tasksDone": 4')
+    assert json.loads(worker_setup.cli("status", "--json").stdout)["tasksDone"] == 0
+    add_task(redis_server.client(), task_id="c-1", repo_path=str(tmp_path / "repo"), worker_prompt=prompt_json("x"))
+    result = worker_setup.cli("run", "--max-tasks", "1")
+    assert result.returncode == 0, result.stderr
+    assert "was corrupt" in result.stderr and "Traceback" not in result.stderr
+    assert list(worker_setup.state_dir.glob("*.corrupt-*"))
+    assert json.loads(worker_setup.cli("status", "--json").stdout)["tasksDone"] == 1

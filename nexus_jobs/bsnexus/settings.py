@@ -213,12 +213,10 @@ def load(args: argparse.Namespace, loaded: config.LoadedConfig, *, token_flag: s
     problems = []
     if values["server_url"] and not values["server_url"].startswith(("http://", "https://")):
         problems.append(f"--url / BSNEXUS_SERVER_URL: expected an http(s):// URL, got {values['server_url']!r}")
-    if not values["redis_url"].startswith(("redis://", "rediss://", "unix://")):
-        problems.append(
-            f"--redis-url / BSNEXUS_REDIS_URL: expected a redis://, rediss:// or unix:// URL, "
-            f"got {safe_url(values['redis_url'])!r}"
-        )
     register_secret(_password_of(values["redis_url"]))
+    redis_problem = _redis_url_problem(values["redis_url"])
+    if redis_problem:
+        problems.append(f"--redis-url / BSNEXUS_REDIS_URL: {redis_problem}, got {safe_url(values['redis_url'])!r}")
     if problems:
         raise ConfigError(problems)
     values["server_url"] = values["server_url"].rstrip("/")
@@ -238,6 +236,18 @@ def child_environment(**extra: str) -> dict[str, str]:
     environment = {key: value for key, value in os.environ.items() if key not in PRIVATE_ENV}
     environment.update(extra)
     return environment
+
+
+def _redis_url_problem(url: str) -> str:
+    if not url.startswith(("redis://", "rediss://", "unix://")):
+        return "expected a redis://, rediss:// or unix:// URL"
+    from redis.connection import parse_url
+
+    try:
+        parse_url(url)
+    except ValueError as error:
+        return str(error).rstrip(".")
+    return ""
 
 
 def _password_of(url: str) -> str | None:

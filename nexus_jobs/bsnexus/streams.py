@@ -54,14 +54,17 @@ def connect(url: str, *, poll_seconds: float) -> redis.Redis:
 
     # Replace undecodable bytes instead of failing the whole read: a garbled field must
     # become a failure result, not a crash.
-    return redis.Redis.from_url(
-        url,
-        decode_responses=True,
-        encoding_errors="replace",
-        socket_connect_timeout=5,
-        socket_timeout=poll_seconds + 10,
-        health_check_interval=30,
-    )
+    try:
+        return redis.Redis.from_url(
+            url,
+            decode_responses=True,
+            encoding_errors="replace",
+            socket_connect_timeout=5,
+            socket_timeout=poll_seconds + 10,
+            health_check_interval=30,
+        )
+    except ValueError as error:
+        raise ConfigError(f"BSNEXUS_REDIS_URL: {error}") from None
 
 
 def down_errors() -> tuple[type[BaseException], ...]:
