@@ -52,10 +52,8 @@ def test_killed_worker_task_is_claimed_by_another_after_visibility_timeout(
     finish(victim)
     _kill_orphan(worker_setup)
     assert results(client) == []
-    started = time.monotonic()
     code = other.cli("run", "--max-tasks", "1", "--duration", "20").returncode
     assert code == 0
-    assert time.monotonic() - started >= 0.5  # it waited for the entry to go idle
     time.sleep(0.3)
     (published,) = results(client)
     assert published["task_id"] == "k-1" and published["success"] == "true"
@@ -138,9 +136,10 @@ def test_heartbeat_refused_without_registration_token_exits_77_after_the_task(
 ) -> None:
     worker_setup.register(bsnexus_backend.url, redis_server.url)
     client = redis_server.client()
-    add_task(client, task_id="h-1", repo_path=str(tmp_path / "repo"), worker_prompt=prompt_json("@sleep=1"))
-    bsnexus_backend.state.script("heartbeat", (200, {"status": "ok"}), (401, {"detail": "Invalid worker token"}))
+    add_task(client, task_id="h-1", repo_path=str(tmp_path / "repo"), worker_prompt=prompt_json("@sleep=1.5"))
     worker = worker_setup.start()
+    wait_until(lambda: worker_setup.claude_calls(), what="the task to start")
+    bsnexus_backend.state.script("heartbeat", (401, {"detail": "Invalid worker token"}))
     code, _out, err = finish(worker)
     assert code == 77, err
     assert "run `bsnexus-worker register` again" in err and "Traceback" not in err
@@ -184,7 +183,8 @@ def test_backend_down_at_start_tasks_go_on_and_heartbeats_resume(
     worker = worker_setup.start()
     add_task(client, task_id="d-1", repo_path=str(tmp_path / "repo"), worker_prompt=prompt_json("x"))
     wait_until(lambda: results(client), what="the result while the backend is down")
-    assert "heartbeat failed" in stderr_of(worker) and "connection refused" in stderr_of(worker)
+    wait_until(lambda: "heartbeat failed" in stderr_of(worker), what="the heartbeat failure to be reported")
+    assert "connection refused" in stderr_of(worker)
     revived = BackendServer(bsnexus_backend.state, port).start()
     try:
         wait_until(lambda: bsnexus_backend.state.heartbeats(worker_id) >= 1, what="heartbeats to resume")
