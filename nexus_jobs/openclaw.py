@@ -9,26 +9,26 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import stat
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NamedTuple
 
 INDEX_NAME = "sessions.json"
 TRANSCRIPT_SUFFIX = ".jsonl"
-LOCK_SUFFIX = ".jsonl.lock"
 ZSTD_SUFFIX = ".zst"
 TOPIC_SEPARATOR = "-topic-"
 # <file>.jsonl.reset.<TS> / <file>.jsonl.deleted.<TS>, newer builds may add .zst
-ARCHIVE_PATTERN = re.compile(r"^(?P<stem>.+)\.jsonl\.(?P<reason>reset|deleted)\.(?P<stamp>.+?)(?P<zst>\.zst)?$")
+ARCHIVE_REASONS = ("reset", "deleted")
 
 
-@dataclass(frozen=True, slots=True, eq=False)
-class Transcript:
-    """A complete transcript file, as found by :func:`scan`."""
+class Transcript(NamedTuple):
+    """A complete transcript file, as found by :func:`scan` (a tuple: a scan makes tens of
+    thousands of these, and a tuple is several times cheaper to build than a dataclass)."""
 
     agent_id: str
-    path: Path
+    path: str
     name: str
     session_id: str
     archive_reason: str | None
@@ -51,6 +51,7 @@ class Scan:
 
     complete: list[Transcript] = field(default_factory=list)
     present: set[str] = field(default_factory=set)
+    unchanged: int = 0
     live: int = 0
     locked: int = 0
     in_grace: int = 0
@@ -88,9 +89,17 @@ def read_index(sessions_dir: Path) -> tuple[set[str], set[str]] | str:
     return session_ids, file_names
 
 
-def scan(*, agent_id: str, sessions_dir: Path, grace_seconds: float, now_ns: int) -> Scan:
+def scan(
+    *,
+    agent_id: str,
+    sessions_dir: Path,
+    grace_seconds: float,
+    now_ns: int,
+    is_done: Callable[[str, int, int], bool] = lambda name, size, mtime_ns: False,
+) -> Scan:
     """Classify the direct children of ``sessions_dir`` (raises ``OSError`` when it cannot
-    be listed).
+    be listed). Files for which ``is_done(name, size, mtime_ns)`` holds (uploaded already,
+    unchanged) are only counted.
 
     Complete: every ``.reset.<TS>``/``.deleted.<TS>`` archive; a plain ``.jsonl`` whose
     session id (and file name) the index does not reference, with no ``.lock`` sibling, not
@@ -102,32 +111,30 @@ def scan(*, agent_id: str, sessions_dir: Path, grace_seconds: float, now_ns: int
     with os.scandir(sessions_dir) as entries:
         for entry in entries:
             name = entry.name
-            if name.endswith(LOCK_SUFFIX):
-                locks.add(name[: -len(".lock")])
+            # Plain string tests, no regex and no Path objects: a sessions directory may hold
+            # 100,000 files, and a run with nothing new must stay close to a bare stat walk.
+            stem, dot_jsonl, rest = name.partition(TRANSCRIPT_SUFFIX)
+            if not dot_jsonl or ".trajectory" in stem or ".checkpoint." in stem:
+                continue  # sessions.json and its .bak files, trajectories, checkpoints, others
+            if not rest:
+                if not entry.is_dir(follow_symlinks=False):
+                    result.present.add(name)
+                    plain.append((entry, stem.partition(TOPIC_SEPARATOR)[0]))
                 continue
-            if not name.endswith(TRANSCRIPT_SUFFIX) and ".jsonl." not in name:
-                continue  # sessions.json, its .bak files, trajectory paths, anything else
-            if ".trajectory" in name or ".checkpoint." in name or name.startswith(INDEX_NAME):
+            if rest == ".lock":
+                locks.add(stem + TRANSCRIPT_SUFFIX)
                 continue
-            if entry.is_dir(follow_symlinks=False):
+            reason, _, stamp = rest[1:].partition(".")
+            if rest[0] != "." or reason not in ARCHIVE_REASONS or not stamp or stamp == ZSTD_SUFFIX[1:]:
                 continue
-            if name.endswith(TRANSCRIPT_SUFFIX):
-                result.present.add(name)
-                plain.append((entry, name[: -len(TRANSCRIPT_SUFFIX)].split(TOPIC_SEPARATOR)[0]))
-                continue
-            match = ARCHIVE_PATTERN.match(name)
-            if match is None:
+            info = entry.stat(follow_symlinks=False)
+            if stat.S_ISDIR(info.st_mode):
                 continue
             result.present.add(name)
-            result.complete.append(
-                _transcript(
-                    entry,
-                    agent_id=agent_id,
-                    session_id=match["stem"].split(TOPIC_SEPARATOR)[0],
-                    archive_reason=match["reason"],
-                    compressed=match["zst"] is not None,
-                )
-            )
+            if is_done(name, info.st_size, info.st_mtime_ns):
+                result.unchanged += 1
+            else:
+                result.complete.append(_transcript(entry, info, agent_id, stem.partition(TOPIC_SEPARATOR)[0], reason))
     if not plain:
         return result
     index = read_index(sessions_dir)
@@ -144,29 +151,30 @@ def scan(*, agent_id: str, sessions_dir: Path, grace_seconds: float, now_ns: int
         elif entry.name in locks:
             result.locked += 1
         else:
-            transcript = _transcript(entry, agent_id=agent_id, session_id=session_id, archive_reason=None)
-            if now_ns - transcript.mtime_ns < grace_ns:
+            info = entry.stat(follow_symlinks=False)
+            if is_done(entry.name, info.st_size, info.st_mtime_ns):
+                result.unchanged += 1
+            elif now_ns - info.st_mtime_ns < grace_ns:
                 result.in_grace += 1
             else:
-                result.complete.append(transcript)
+                result.complete.append(_transcript(entry, info, agent_id, session_id, None))
     return result
 
 
 def _transcript(
-    entry: os.DirEntry[str], *, agent_id: str, session_id: str, archive_reason: str | None, compressed: bool = False
+    entry: os.DirEntry[str], info: os.stat_result, agent_id: str, session_id: str, archive_reason: str | None
 ) -> Transcript:
-    info = entry.stat(follow_symlinks=False)
     return Transcript(
-        agent_id=agent_id,
-        path=Path(entry.path),
-        name=entry.name,
-        session_id=session_id,
-        archive_reason=archive_reason,
-        size=info.st_size,
-        mtime_ns=info.st_mtime_ns,
-        compressed=compressed,
-        is_symlink=entry.is_symlink(),
-        is_regular=stat.S_ISREG(info.st_mode),
+        agent_id,
+        entry.path,
+        entry.name,
+        session_id,
+        archive_reason,
+        info.st_size,
+        info.st_mtime_ns,
+        archive_reason is not None and entry.name.endswith(ZSTD_SUFFIX),
+        stat.S_ISLNK(info.st_mode),
+        stat.S_ISREG(info.st_mode),
     )
 
 

@@ -12,7 +12,7 @@ import argparse
 import codecs
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -166,12 +166,14 @@ def upload_all(settings: Settings, *, dry_run: bool) -> cli.RunSummary:
     todo: list[tuple[openclaw.Transcript, dict[str, Any] | None]] = []
     now_ns = time.time_ns()
     for agent in settings.agents:
+        agent_markers = markers.setdefault(agent.agent_id, {})
         try:
             found = openclaw.scan(
                 agent_id=agent.agent_id,
                 sessions_dir=agent.sessions_dir,
                 grace_seconds=settings.grace_seconds,
                 now_ns=now_ns,
+                is_done=_done_check(agent_markers, retry_rejected=settings.retry_rejected),
             )
         except OSError as error:
             summary.failures.append(f"agent {agent.agent_id}: cannot list {agent.sessions_dir}: {error.strerror}")
@@ -186,15 +188,10 @@ def upload_all(settings: Settings, *, dry_run: bool) -> cli.RunSummary:
                 found.without_index,
             )
         counts["waiting"] += found.live + found.locked + found.in_grace + found.without_index
-        agent_markers = markers.setdefault(agent.agent_id, {})
+        counts["unchanged"] += found.unchanged
         if not dry_run and _prune(agent_markers, present=found.present, retention_seconds=settings.retention_seconds):
             checkpoints.pending_changes += 1
-        for transcript in found.complete:
-            marker = agent_markers.get(transcript.name)
-            if _is_done(marker, transcript, retry_rejected=settings.retry_rejected):
-                counts["unchanged"] += 1
-            else:
-                todo.append((transcript, marker))
+        todo.extend((transcript, agent_markers.get(transcript.name)) for transcript in found.complete)
 
     if dry_run:
         for transcript, marker in todo:
@@ -214,10 +211,17 @@ def upload_all(settings: Settings, *, dry_run: bool) -> cli.RunSummary:
     return summary
 
 
-def _is_done(marker: dict[str, Any] | None, transcript: openclaw.Transcript, *, retry_rejected: bool) -> bool:
-    if marker is None or marker.get("size") != transcript.size or marker.get("mtimeNs") != transcript.mtime_ns:
-        return False
-    return marker.get("status") == "uploaded" or not retry_rejected
+def _done_check(agent_markers: dict[str, dict[str, Any]], *, retry_rejected: bool) -> Callable[[str, int, int], bool]:
+    """Whether a file needs nothing: its marker has the same size and mtime (so it is not even
+    read again) and says uploaded, or rejected when rejected files are not being retried."""
+
+    def is_done(name: str, size: int, mtime_ns: int) -> bool:
+        marker = agent_markers.get(name)
+        if marker is None or marker.get("size") != size or marker.get("mtimeNs") != mtime_ns:
+            return False
+        return marker.get("status") == "uploaded" or not retry_rejected
+
+    return is_done
 
 
 def _prune(agent_markers: dict[str, dict[str, Any]], *, present: set[str], retention_seconds: float) -> bool:
