@@ -150,10 +150,17 @@ def write_json_atomic(path: Path, data: dict[str, Any], *, compact: bool = False
         encoded = json.dumps(document, separators=(",", ":"), ensure_ascii=False)
     else:
         encoded = json.dumps(document, indent=2, ensure_ascii=False, sort_keys=True) + "\n"
+    write_bytes_atomic(path, encoded.encode("utf-8"))
+
+
+def write_bytes_atomic(path: Path, data: bytes) -> None:
+    """Replace ``path`` with ``data`` atomically and durably: a temporary file (mode 0600)
+    beside it, fsync, ``os.replace``, fsync of the directory. Readers see the old file or
+    the new one, never a part."""
     descriptor, temporary = open_temporary(path.parent, prefix=f".{path.stem}.")
     try:
         with os.fdopen(descriptor, "wb") as handle:
-            handle.write(encoded.encode("utf-8"))
+            handle.write(data)
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(temporary, path)

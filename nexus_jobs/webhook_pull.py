@@ -21,7 +21,6 @@ import logging
 import os
 import signal
 import subprocess
-import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import timedelta
@@ -302,19 +301,7 @@ def write_inbox_file(path: Path, item: dict[str, Any]) -> None:
     """Pretty JSON, written atomically: an agent never sees a half-written item."""
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        descriptor, temporary = tempfile.mkstemp(dir=path.parent, prefix=".", suffix=".tmp")
-        try:
-            with os.fdopen(descriptor, "w", encoding="utf-8") as handle:
-                json.dump(item, handle, indent=2, ensure_ascii=False)
-                handle.write("\n")
-                handle.flush()
-                os.fsync(handle.fileno())
-            os.replace(temporary, path)
-        except BaseException:
-            with contextlib.suppress(OSError):
-                os.unlink(temporary)
-            raise
-        state.fsync_directory(path.parent)
+        state.write_bytes_atomic(path, (json.dumps(item, indent=2, ensure_ascii=False) + "\n").encode("utf-8"))
     except OSError as error:
         raise DeliveryFailed(f"inbox {path.parent}: {error.strerror or error}") from None
 
