@@ -249,8 +249,10 @@ def run_scheduled(
         try:
             summary = _summarise(job, work, started=started, args=args)
             return summary.exit_code
-        except JobError as error:
-            summary = RunSummary(job.job_id, job.job_type, exit_code=error.exit_code, message=str(error))
+        except Exception as error:
+            exit_code = error.exit_code if isinstance(error, JobError) else EXIT_SOFTWARE
+            message = str(error) if isinstance(error, JobError) else f"internal error: {type(error).__name__}: {error}"
+            summary = RunSummary(job.job_id, job.job_type, exit_code=exit_code, message=message)
             if args.json:
                 print_json(summary.as_json(started=started, duration_seconds=_elapsed(started), dry_run=False))
             raise
