@@ -266,11 +266,11 @@ def test_one_job_per_start_and_pointers_arriving_meanwhile_stay_queued(worker_en
 def test_pointer_arriving_while_the_worker_is_busy_waits_for_the_next_start(worker_env, mosquitto, results):
     root = Path(worker_env["JOBS_ROOT"])
     register(worker_env)
-    busy = make_job(root, "busy", ["echo started; while [ ! -f release ]; do sleep 0.05; done"])
+    busy = make_job(root, "busy", ["echo step-is-running; while [ ! -f release ]; do sleep 0.05; done"])
     later = make_job(root, "later", ["echo ran >> runs.txt"])
     publish(mosquitto, pointer("busy", busy))
     worker = start_worker(worker_env, "--wait-timeout", "10")
-    wait_until(lambda: "started" in _read(busy / "job.log"), what="the first job to start")
+    wait_until(lambda: _step_running(busy / "job.log"), what="the first job to start")
     publish(mosquitto, pointer("later", later))
     time.sleep(0.3)
     (busy / "release").touch()
@@ -290,14 +290,14 @@ def test_worker_killed_mid_job_gets_the_job_again_and_finishes_it(worker_env, mo
         root,
         "killed",
         [
-            "echo attempt >> attempts.txt; echo started; while [ ! -f release ]; do sleep 0.05; done",
+            "echo attempt >> attempts.txt; echo step-is-running; while [ ! -f release ]; do sleep 0.05; done",
             "echo once >> side-effect.txt",
         ],
     )
     publish(mosquitto, pointer("killed", work_dir))
     first = start_worker(worker_env)
     # job.log is written in real time: the step's output is there while it still runs.
-    wait_until(lambda: "started" in _read(work_dir / "job.log"), what="the step's output in job.log")
+    wait_until(lambda: _step_running(work_dir / "job.log"), what="the step's output in job.log")
     first.send_signal(signal.SIGKILL)
     first.communicate(timeout=10)
     assert "killed" not in results.results
@@ -310,6 +310,11 @@ def test_worker_killed_mid_job_gets_the_job_again_and_finishes_it(worker_env, mo
     log_text = (work_dir / "job.log").read_text()
     assert log_text.count("=== job killed started") == 2
     assert "an earlier run did not finish" in log_text
+
+
+def _step_running(log_file: Path) -> bool:
+    # The step's own output, not the "=== job ... started" header written before it.
+    return "\nstep-is-running\n" in _read(log_file)
 
 
 def _read(path: Path) -> str:
@@ -416,10 +421,10 @@ def test_broker_restart_between_pointer_and_worker_start_loses_nothing(worker_en
 def test_broker_restart_during_a_job_loses_nothing(worker_env, mosquitto):
     root = Path(worker_env["JOBS_ROOT"])
     register(worker_env)
-    work_dir = make_job(root, "through_restart", ["echo started; while [ ! -f release ]; do sleep 0.05; done"])
+    work_dir = make_job(root, "through_restart", ["echo step-is-running; while [ ! -f release ]; do sleep 0.05; done"])
     publish(mosquitto, pointer("through_restart", work_dir))
     worker = start_worker(worker_env, "-v")
-    wait_until(lambda: "started" in _read(work_dir / "job.log"), what="the job to start")
+    wait_until(lambda: _step_running(work_dir / "job.log"), what="the job to start")
     mosquitto.restart()
     listener = ResultListener(mosquitto)
     try:
@@ -449,14 +454,14 @@ def test_stop_signal_while_waiting_exits_cleanly(worker_env, mosquitto):
 def test_first_stop_signal_finishes_the_job_and_a_second_leaves_it_queued(worker_env, mosquitto, results):
     root = Path(worker_env["JOBS_ROOT"])
     register(worker_env)
-    blocking = ["echo started; while [ ! -f release ]; do sleep 0.05; done; echo finished >> done.txt"]
+    blocking = ["echo step-is-running; while [ ! -f release ]; do sleep 0.05; done; echo finished >> done.txt"]
     finished = make_job(root, "finished", blocking)
     abandoned = make_job(root, "abandoned", blocking)
     publish(mosquitto, pointer("finished", finished))
     publish(mosquitto, pointer("abandoned", abandoned))
 
     worker = start_worker(worker_env, "-v")
-    wait_until(lambda: "started" in _read(finished / "job.log"), what="the first job to start")
+    wait_until(lambda: _step_running(finished / "job.log"), what="the first job to start")
     worker.send_signal(signal.SIGTERM)
     time.sleep(0.5)
     assert worker.poll() is None, "the first signal lets the current job finish"
@@ -467,7 +472,7 @@ def test_first_stop_signal_finishes_the_job_and_a_second_leaves_it_queued(worker
     assert results.wait_for("finished")["status"] == "success"
 
     worker = start_worker(worker_env)
-    wait_until(lambda: "started" in _read(abandoned / "job.log"), what="the second job to start")
+    wait_until(lambda: _step_running(abandoned / "job.log"), what="the second job to start")
     worker.send_signal(signal.SIGTERM)
     time.sleep(0.3)
     worker.send_signal(signal.SIGTERM)
