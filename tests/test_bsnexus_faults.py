@@ -260,3 +260,22 @@ def test_unregister_refuses_while_the_worker_runs(
     code, _out, err = finish(worker)
     assert code == 0, err
     assert worker_setup.cli("unregister").returncode == 0
+
+
+def test_register_again_while_running_the_worker_adopts_the_new_token(
+    worker_setup: WorkerSetup, bsnexus_backend: Backend, redis_server: RedisServer
+) -> None:
+    worker_setup.register(bsnexus_backend.url, redis_server.url)
+    worker_id = worker_setup.saved()["BSNEXUS_WORKER_ID"]
+    worker = worker_setup.start()
+    wait_until(lambda: bsnexus_backend.state.heartbeats(worker_id) >= 1, what="the first heartbeat")
+    worker_setup.register(bsnexus_backend.url, redis_server.url)  # the server issues a new token
+    new_token = worker_setup.saved()["BSNEXUS_WORKER_TOKEN"]
+    assert bsnexus_backend.state.workers[worker_id].token == new_token
+    beats = bsnexus_backend.state.heartbeats(worker_id)
+    wait_until(lambda: bsnexus_backend.state.heartbeats(worker_id) >= beats + 2, what="heartbeats with the new token")
+    assert worker.poll() is None  # still running
+    worker.send_signal(signal.SIGTERM)
+    code, _out, err = finish(worker)
+    assert code == 0, err
+    assert "using the token saved since" in err and new_token not in err

@@ -14,6 +14,7 @@ import threading
 import time
 from typing import TYPE_CHECKING
 
+from ..cli import register_secret
 from ..errors import AuthError, BackendUnavailable, JobError, TransientError
 from . import registration, streams
 from .record import Tally
@@ -95,6 +96,16 @@ class Heartbeat(threading.Thread):
 
     def credentials_refused(self, refused: registration.CredentialsRefused) -> None:
         what = "token" if refused.status in (401, 403) else "worker id"
+        saved = registration.saved_token(self.settings.env_file, worker_id=self.worker_id)
+        if saved and saved != self.token:
+            # `register` was run again while this worker ran: the server issued a new token.
+            register_secret(saved)
+            self.token = saved
+            log.warning(
+                "heartbeat refused (HTTP %s); using the token saved since in %s", refused.status, self.settings.env_file
+            )
+            self.beat()
+            return
         if not self.settings.registration_token:
             message = (
                 f"the BSNexus server refused worker {self.worker_id} (heartbeat HTTP {refused.status}: "

@@ -223,6 +223,19 @@ def save_token(env_file: Path, token: str) -> None:
     set_key(env_file, "BSNEXUS_WORKER_TOKEN", token, quote_mode="auto")
 
 
+def saved_token(env_file: Path, *, worker_id: str) -> str:
+    """The worker token now in the ``.env`` file, if it belongs to ``worker_id``."""
+    from dotenv import dotenv_values
+
+    try:
+        saved = dotenv_values(env_file) if env_file.exists() else {}
+    except (OSError, UnicodeDecodeError):
+        return ""
+    if saved.get("BSNEXUS_WORKER_ID") != worker_id:
+        return ""
+    return saved.get("BSNEXUS_WORKER_TOKEN") or ""
+
+
 def forget_identity(env_file: Path) -> None:
     """Remove the worker id and token from the ``.env`` file (the server URL etc. stay)."""
     from dotenv import dotenv_values, unset_key
