@@ -44,6 +44,18 @@ class Transcript(NamedTuple):
         its ``.zst`` suffix."""
         return self.name[: -len(ZSTD_SUFFIX)] if self.compressed else self.name
 
+    @property
+    def origin(self) -> str:
+        return self.archive_reason or "orphan"
+
+    @property
+    def extent(self) -> str:
+        return f"{self.size} bytes"
+
+    def fingerprint(self) -> dict[str, int]:
+        """What its marker records to recognise it unchanged without reading it."""
+        return {"size": self.size, "mtimeNs": self.mtime_ns}
+
 
 @dataclass(slots=True, eq=False)
 class Scan:
@@ -158,6 +170,44 @@ def scan(
                 result.in_grace += 1
             else:
                 result.complete.append(_transcript(entry, info, agent_id, session_id, None))
+    return result
+
+
+def scan_moved(
+    *,
+    agent_id: str,
+    directory: Path,
+    is_done: Callable[[str, int, int], bool],
+    is_covered: Callable[[str, str], bool],
+) -> Scan:
+    """Classify a directory of transcripts OpenClaw moved aside when it imported them into
+    SQLite (``session-sqlite-import-archive/``): each is final, so complete, unless
+    ``is_covered(session_id, name)`` (its session is in the database, or was uploaded
+    already). A missing directory holds nothing; others raise ``OSError`` when unlistable."""
+    result = Scan()
+    try:
+        entries = os.scandir(directory)
+    except FileNotFoundError:
+        return result
+    with entries:
+        for entry in entries:
+            name = entry.name
+            stem, dot_jsonl, rest = name.partition(TRANSCRIPT_SUFFIX)
+            if not dot_jsonl or ".trajectory" in stem or ".checkpoint." in stem:
+                continue
+            reason, _, stamp = rest[1:].partition(".")
+            archived = reason in ARCHIVE_REASONS and stamp and stamp != ZSTD_SUFFIX[1:]
+            if rest and not archived:
+                continue  # .lock files and names we do not know
+            info = entry.stat(follow_symlinks=False)
+            if stat.S_ISDIR(info.st_mode):
+                continue
+            session_id = stem.partition(TOPIC_SEPARATOR)[0]
+            result.present.add(name)
+            if is_done(name, info.st_size, info.st_mtime_ns) or is_covered(session_id, name):
+                result.unchanged += 1
+            else:
+                result.complete.append(_transcript(entry, info, agent_id, session_id, reason if archived else None))
     return result
 
 

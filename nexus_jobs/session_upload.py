@@ -1,9 +1,10 @@
 """``nexus-session-upload``: upload every completed OpenClaw session transcript to Nexus once.
 
-One run: load settings -> for each agent, scan its sessions directory (:mod:`openclaw`) ->
-skip what the markers say is done -> read, check and upload the rest concurrently over
-keep-alive connections (:mod:`nexus_sessions`) -> record a marker per answer, saved in
-checkpoints -> prune markers of files long gone -> summary and exit code.
+One run: load settings -> for each agent, scan its sessions directory (:mod:`openclaw`) and
+its SQLite database (:mod:`openclaw_sqlite`), either or both -> skip what the markers say is
+done -> read, check and upload the rest concurrently over keep-alive connections
+(:mod:`nexus_sessions`) -> record a marker per answer, saved in checkpoints -> prune markers of
+files long gone -> summary and exit code.
 """
 
 from __future__ import annotations
@@ -13,12 +14,12 @@ import codecs
 import logging
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from . import cli, config, nexus_sessions, openclaw, state
-from .errors import EXIT_OK, EXIT_PARTIAL, EXIT_UNAVAILABLE, AuthError, UsageError
+from . import cli, config, nexus_sessions, openclaw, openclaw_sqlite, state
+from .errors import EXIT_OK, EXIT_PARTIAL, EXIT_TEMPFAIL, EXIT_UNAVAILABLE, AuthError, UsageError
 from .nexus_sessions import ALREADY_STORED, CONFLICT, FAILED, REFUSED, REJECTED, STORED, Outcome, Upload
 
 if TYPE_CHECKING:
@@ -32,6 +33,8 @@ MARKERS_NAME = "markers"
 READ_CHUNK_BYTES = 1 << 20
 # A file we could not read: counted as failed and retried, but says nothing about the backend.
 UNREADABLE = "unreadable"
+# A transcript file, or a transcript generation of an agent database.
+Found = openclaw.Transcript | openclaw_sqlite.Generation
 
 log = logging.getLogger("nexus_jobs")
 
@@ -163,10 +166,14 @@ def upload_all(settings: Settings, *, dry_run: bool) -> cli.RunSummary:
     markers: dict[str, dict[str, dict[str, Any]]] = document.setdefault("agents", {})
     checkpoints = state.Checkpointer(markers_path)
 
-    todo: list[tuple[openclaw.Transcript, dict[str, Any] | None]] = []
+    todo: list[tuple[Found, dict[str, Any] | None]] = []
     now_ns = time.time_ns()
     for agent in settings.agents:
         agent_markers = markers.setdefault(agent.agent_id, {})
+        database = _scan_database(agent, agent_markers, settings=settings, summary=summary, dry_run=dry_run)
+        if database.markers_changed:
+            checkpoints.pending_changes += 1
+        todo.extend((item, agent_markers.get(item.name)) for item in database.complete)
         try:
             found = openclaw.scan(
                 agent_id=agent.agent_id,
@@ -175,6 +182,11 @@ def upload_all(settings: Settings, *, dry_run: bool) -> cli.RunSummary:
                 now_ns=now_ns,
                 is_done=_done_check(agent_markers, retry_rejected=settings.retry_rejected),
             )
+        except FileNotFoundError as error:
+            if not database.found:
+                summary.failures.append(f"agent {agent.agent_id}: cannot list {agent.sessions_dir}: {error.strerror}")
+                log.error("%s", summary.failures[-1])
+            continue  # an agent of the SQLite era may have no sessions directory at all
         except OSError as error:
             summary.failures.append(f"agent {agent.agent_id}: cannot list {agent.sessions_dir}: {error.strerror}")
             log.error("%s", summary.failures[-1])
@@ -189,14 +201,20 @@ def upload_all(settings: Settings, *, dry_run: bool) -> cli.RunSummary:
             )
         counts["waiting"] += found.live + found.locked + found.in_grace + found.without_index
         counts["unchanged"] += found.unchanged
-        if not dry_run and _prune(agent_markers, present=found.present, retention_seconds=settings.retention_seconds):
+        if (
+            not dry_run
+            and database.present is not None
+            and _prune(
+                agent_markers, present=found.present | database.present, retention_seconds=settings.retention_seconds
+            )
+        ):
             checkpoints.pending_changes += 1
         todo.extend((transcript, agent_markers.get(transcript.name)) for transcript in found.complete)
 
     if dry_run:
         for transcript, marker in todo:
-            why = "changed since upload" if marker else transcript.archive_reason or "orphan"
-            cli.print_line(f"would upload {transcript.agent_id}/{transcript.name} ({transcript.size} bytes, {why})")
+            why = "changed since upload" if marker else transcript.origin
+            cli.print_line(f"would upload {transcript.agent_id}/{transcript.name} ({transcript.extent}, {why})")
         counts["wouldUpload"] = len(todo)
     else:
         try:
@@ -208,16 +226,142 @@ def upload_all(settings: Settings, *, dry_run: bool) -> cli.RunSummary:
     summary.standing = _standing(markers)
     summary.details["store"] = _store_description(settings)
     _finish(summary, counts)
+    if summary.exit_code == EXIT_OK and summary.details.get("databasesBusy"):
+        summary.exit_code = EXIT_TEMPFAIL  # nothing failed; a busy database is read next run
     return summary
 
 
-def _done_check(agent_markers: dict[str, dict[str, Any]], *, retry_rejected: bool) -> Callable[[str, int, int], bool]:
-    """Whether a file needs nothing: its marker has the same size and mtime (so it is not even
-    read again) and says uploaded, or rejected when rejected files are not being retried."""
+@dataclass
+class _DatabasePart:
+    found: bool = False
+    complete: list[openclaw_sqlite.Generation | openclaw.Transcript] = field(default_factory=list)
+    # Marker keys of everything listed; None when something could not be listed (no pruning).
+    present: set[str] | None = field(default_factory=set)
+    markers_changed: bool = False
+
+
+def _scan_database(
+    agent: config.Agent,
+    agent_markers: dict[str, dict[str, Any]],
+    *,
+    settings: Settings,
+    summary: cli.RunSummary,
+    dry_run: bool,
+) -> _DatabasePart:
+    """The agent's SQLite storage: complete generations of its database, and the transcripts
+    OpenClaw moved aside when it imported them (uploaded once, unless the database holds
+    their session: its generation is the whole transcript, uploaded when complete)."""
+    part = _DatabasePart()
+    counts = summary.counts
+    where = f"agent {agent.agent_id}"
+    covered: set[str] | None = set()  # session ids the database holds; None: cannot tell
+    try:
+        found = openclaw_sqlite.scan(
+            agent_id=agent.agent_id,
+            database=openclaw_sqlite.database_path(agent.sessions_dir),
+            is_done=_done_check(agent_markers, retry_rejected=settings.retry_rejected, keys=("rows", "lastSeq")),
+            sizes_uploaded_as_files=_sizes_uploaded_as_files(agent_markers),
+        )
+    except openclaw_sqlite.DatabaseBusy as error:
+        log.warning("%s: %s; its database is skipped until the next run", where, error)
+        summary.details.setdefault("databasesBusy", []).append(agent.agent_id)
+        part.found, part.present = True, None
+        return part
+    except openclaw_sqlite.DatabaseUnreadable as error:
+        summary.failures.append(f"{where}: cannot read {error}")
+        log.error("%s", summary.failures[-1])
+        part.found, part.present = True, None
+        return part
+    for problem in found.problems:
+        (log.warning if found.usable else log.error)("%s: %s", where, problem)
+        if not found.usable:
+            summary.failures.append(f"{where}: {problem}")
+    part.found = found.found
+    if not found.usable:
+        part.present = covered = None
+    else:
+        covered = found.session_ids
+        assert part.present is not None
+        part.present |= found.present
+    counts["waiting"] += found.live + found.undecided
+    counts["unchanged"] += found.unchanged + len(found.adopted)
+    part.complete.extend(found.complete)
+    if found.adopted and not dry_run:
+        _adopt(found.adopted, agent_markers)
+        part.markers_changed = True
+        log.info("%s: %d session(s) uploaded as JSONL files before the move to SQLite", where, len(found.adopted))
+    if covered is None:
+        return part
+    done = _done_check(agent_markers, retry_rejected=settings.retry_rejected)
+    session_ids = covered
+
+    def is_covered(session_id: str, name: str) -> bool:
+        return session_id in session_ids or agent_markers.get(name, {}).get("status") == "uploaded"
+
+    for directory in dict.fromkeys(openclaw_sqlite.import_archive_dirs(agent.sessions_dir)):
+        try:
+            moved = openclaw.scan_moved(
+                agent_id=agent.agent_id, directory=directory, is_done=done, is_covered=is_covered
+            )
+        except OSError as error:
+            summary.failures.append(f"{where}: cannot list {directory}: {error.strerror}")
+            log.error("%s", summary.failures[-1])
+            part.present = None
+            continue
+        counts["unchanged"] += moved.unchanged
+        part.complete.extend(moved.complete)
+        if part.present is not None:
+            part.present |= moved.present
+    return part
+
+
+def _sizes_uploaded_as_files(agent_markers: dict[str, dict[str, Any]]) -> Callable[[str], set[int]]:
+    """Byte sizes of each session's uploaded, uncompressed JSONL files (built on first use:
+    only sessions seen in a database for the first time ask)."""
+    by_session: dict[str, set[int]] = {}
+    built = False
+
+    def sizes(session_id: str) -> set[int]:
+        nonlocal built
+        if not built:
+            built = True
+            for name, marker in agent_markers.items():
+                stem = name.partition(".jsonl")[0]
+                # A topic transcript or a compressed archive is not the session's plain transcript.
+                if "-topic-" in stem or name.endswith(openclaw.ZSTD_SUFFIX) or "mtimeNs" not in marker:
+                    continue
+                if marker.get("status") == "uploaded" and isinstance(marker.get("size"), int):
+                    by_session.setdefault(stem, set()).add(marker["size"])
+        return by_session.get(session_id, set())
+
+    return sizes
+
+
+def _adopt(generations: list[openclaw_sqlite.Generation], agent_markers: dict[str, dict[str, Any]]) -> None:
+    """Mark generations whose transcript was uploaded as a file (same session, same size) as
+    uploaded, with their fingerprint: from now on the fingerprint tells when they change."""
+    for generation in generations:
+        marker = agent_markers.get(generation.name)
+        if marker is None or marker.get("status") != "uploaded":
+            marker = agent_markers[generation.name] = {
+                "status": "uploaded",
+                "response": "uploaded as a JSONL file before the move to SQLite",
+                "at": state.isoformat(state.now_utc()),
+            }
+        marker.update(generation.fingerprint())
+
+
+def _done_check(
+    agent_markers: dict[str, dict[str, Any]], *, retry_rejected: bool, keys: tuple[str, str] = ("size", "mtimeNs")
+) -> Callable[[str, int, int], bool]:
+    """Whether a file needs nothing: its marker has the same size and mtime (a generation: the
+    same row count and last seq) so it is not even read again, and says uploaded, or
+    rejected when rejected files are not being retried."""
+    first, second = keys
 
     def is_done(name: str, size: int, mtime_ns: int) -> bool:
         marker = agent_markers.get(name)
-        if marker is None or marker.get("size") != size or marker.get("mtimeNs") != mtime_ns:
+        if marker is None or marker.get(first) != size or marker.get(second) != mtime_ns:
             return False
         return marker.get("status") == "uploaded" or not retry_rejected
 
@@ -245,7 +389,7 @@ def _prune(agent_markers: dict[str, dict[str, Any]], *, present: set[str], reten
 
 
 def _upload(
-    todo: list[tuple[openclaw.Transcript, dict[str, Any] | None]],
+    todo: list[tuple[Found, dict[str, Any] | None]],
     *,
     settings: Settings,
     summary: cli.RunSummary,
@@ -264,7 +408,7 @@ def _upload(
     give_up_after = max(3, settings.concurrency)
     bar = cli.progress(total=len(todo), description="uploading", enabled=settings.show_progress)
     pending = iter(todo)
-    in_flight: dict[concurrent.futures.Future[Outcome], tuple[openclaw.Transcript, dict[str, Any] | None]] = {}
+    in_flight: dict[concurrent.futures.Future[Outcome], tuple[Found, dict[str, Any] | None]] = {}
     refused: Outcome | None = None
     answered = 0  # answers from the backend, whatever they said
     with concurrent.futures.ThreadPoolExecutor(max_workers=settings.concurrency) as pool:
@@ -317,26 +461,20 @@ def _open_store(settings: Settings) -> nexus_sessions.SessionStore:
     )
 
 
-def _send(transcript: openclaw.Transcript, *, store: nexus_sessions.SessionStore, settings: Settings) -> Outcome:
+def _send(transcript: Found, *, store: nexus_sessions.SessionStore, settings: Settings) -> Outcome:
     prepared = read_transcript(transcript, max_bytes=settings.max_bytes)
     if isinstance(prepared, Outcome):
         return prepared
     return store.upload(prepared)
 
 
-def read_transcript(transcript: openclaw.Transcript, *, max_bytes: int) -> Upload | Outcome:
-    """The file's bytes (a ``.zst`` archive decompressed), checked the way the server would
-    check them: at most ``max_bytes``, UTF-8. A failed check is a local rejection."""
-    if transcript.is_symlink:
-        return Outcome(REJECTED, "is a symbolic link; not followed (transcripts are regular files)")
-    if not transcript.is_regular:
-        return Outcome(REJECTED, "not a regular file")
-    try:
-        content = openclaw.read_bytes(transcript, limit=max_bytes + 1)
-    except OSError as error:
-        return Outcome(UNREADABLE, f"cannot read it: {error.strerror} (will retry next run)")
-    except ValueError as error:
-        return Outcome(REJECTED, str(error))
+def read_transcript(transcript: Found, *, max_bytes: int) -> Upload | Outcome:
+    """The file's bytes (a ``.zst`` archive decompressed) or the generation's events, checked
+    the way the server would check them: at most ``max_bytes``, UTF-8. A failed check is a
+    local rejection."""
+    content = _read(transcript, limit=max_bytes + 1)
+    if isinstance(content, Outcome):
+        return content
     if len(content) > max_bytes:
         return Outcome(REJECTED, f"larger than the limit of {max_bytes} bytes; not sent")
     problem = _utf8_problem(content)
@@ -354,6 +492,26 @@ def read_transcript(transcript: openclaw.Transcript, *, max_bytes: int) -> Uploa
     )
 
 
+def _read(transcript: Found, *, limit: int) -> bytes | Outcome:
+    if isinstance(transcript, openclaw_sqlite.Generation):
+        try:
+            return openclaw_sqlite.read_generation(transcript, limit=limit)
+        except (openclaw_sqlite.DatabaseBusy, openclaw_sqlite.DatabaseUnreadable) as error:
+            return Outcome(UNREADABLE, f"cannot read it: {error} (will retry next run)")
+        except ValueError as error:
+            return Outcome(REJECTED, str(error))
+    if transcript.is_symlink:
+        return Outcome(REJECTED, "is a symbolic link; not followed (transcripts are regular files)")
+    if not transcript.is_regular:
+        return Outcome(REJECTED, "not a regular file")
+    try:
+        return openclaw.read_bytes(transcript, limit=limit)
+    except OSError as error:
+        return Outcome(UNREADABLE, f"cannot read it: {error.strerror} (will retry next run)")
+    except ValueError as error:
+        return Outcome(REJECTED, str(error))
+
+
 def _utf8_problem(content: bytes) -> str | None:
     # Checked in chunks so a large transcript never exists as one big str.
     decoder = codecs.getincrementaldecoder("utf-8")()
@@ -367,7 +525,7 @@ def _utf8_problem(content: bytes) -> str | None:
 
 def _record(
     outcome: Outcome,
-    transcript: openclaw.Transcript,
+    transcript: Found,
     marker: dict[str, Any] | None,
     *,
     markers: dict[str, dict[str, dict[str, Any]]],
@@ -378,12 +536,7 @@ def _record(
     if outcome.kind in (STORED, ALREADY_STORED):
         if marker is not None and marker.get("status") == "uploaded":
             counts["reuploaded"] += 1
-            log.warning(
-                "%s changed after it was uploaded (%s -> %s bytes); uploaded again",
-                where,
-                marker.get("size"),
-                transcript.size,
-            )
+            log.warning("%s changed after it was uploaded (%s); uploaded again", where, _change(marker, transcript))
         else:
             counts["uploaded" if outcome.kind == STORED else "alreadyStored"] += 1
             log.info("%s: %s", where, outcome.detail)
@@ -404,12 +557,19 @@ def _record(
             log.error("%s", summary.failures[-1])
         return
     markers.setdefault(transcript.agent_id, {})[transcript.name] = {
-        "size": transcript.size,
-        "mtimeNs": transcript.mtime_ns,
+        **transcript.fingerprint(),
         "status": status,
         "response": outcome.detail if outcome.http_status is None else f"{outcome.http_status} {outcome.detail}",
         "at": state.isoformat(state.now_utc()),
     }
+
+
+def _change(marker: dict[str, Any], transcript: Found) -> str:
+    if isinstance(transcript, openclaw_sqlite.Generation):
+        if "rows" in marker:
+            return f"{marker['rows']} -> {transcript.rows} events"
+        return f"a {marker.get('size')} byte file before the move to SQLite, now {transcript.rows} events"
+    return f"{marker.get('size')} -> {transcript.size} bytes"
 
 
 def _standing(markers: dict[str, dict[str, dict[str, Any]]]) -> dict[str, int]:

@@ -1,0 +1,351 @@
+"""OpenClaw's per-agent SQLite session storage (releases 2026.7.2 and later): which transcript
+generations of ``<stateDir>/agents/<agentId>/agent/openclaw-agent.sqlite`` are complete, and
+their transcripts.
+
+Tables read (the schema still changes between releases, so each is looked up, never assumed):
+``transcript_events`` (``session_id``, ``seq``, ``event_json``; newer builds keep large events
+zstd-compressed in ``event_zstd``), ``session_nodes`` (``current_session_id`` of every session
+key) and ``session_windows`` (``session_id``, ``ended_at``). A generation is complete when its
+session id is no key's current one, or its window has ended.
+
+Read-only by design, including SQLite's own side files: OpenClaw's Gateway writes the database
+in WAL mode, and a plain ``mode=ro`` connection still writes its read mark into the ``-shm``
+file, and creates ``-wal``/``-shm`` when they are missing. So:
+
+- with a ``-wal`` file present, the connection opens the ``-shm`` read-only too
+  (``readonly_shm=1``): SQLite then reads the shared index without writing it, or builds a
+  private one from the WAL when it cannot trust it;
+- with no ``-wal`` file (the writer closed and checkpointed everything), the database file is
+  complete by itself and is read as ``immutable=1``, which opens no side file; the read counts
+  only if no ``-wal`` appeared and the file did not change meanwhile, otherwise it is redone
+  the first way.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, NamedTuple, TypeVar
+
+if TYPE_CHECKING:
+    import sqlite3
+
+DATABASE_NAME = "openclaw-agent.sqlite"
+IMPORT_ARCHIVE_NAME = "session-sqlite-import-archive"
+TRANSCRIPT_SUFFIX = ".jsonl"
+BUSY_TIMEOUT_SECONDS = 1.0
+ATTEMPTS = 3
+RETRY_PAUSE_SECONDS = 0.25
+T = TypeVar("T")
+# Tables a session database has; a database with none of them predates SQLite sessions
+# (2026.6.5 to 2026.7.1 keep only auth and agent state there): nothing to read, nothing to say.
+SESSION_TABLES = ("transcript_events", "session_nodes", "session_windows")
+REQUIRED_EVENT_COLUMNS = ("session_id", "seq", "event_json")
+# sqlite3 error names (Python 3.11+) and messages that mean "someone else is busy with it":
+# worth retrying now and on the next run, not a broken database.
+_TRANSIENT_NAMES = ("SQLITE_BUSY", "SQLITE_LOCKED", "SQLITE_READONLY", "SQLITE_CANTOPEN", "SQLITE_PROTOCOL")
+_TRANSIENT_WORDS = ("locked", "busy", "readonly database", "unable to open", "locking protocol")
+
+
+class DatabaseBusy(Exception):
+    """The database is locked or being recovered by its writer: try again next run."""
+
+
+class DatabaseUnreadable(Exception):
+    """The database cannot be read at all (corrupt, not a database, permissions)."""
+
+
+class Generation(NamedTuple):
+    """A complete transcript generation: one session id's events, as counted by :func:`scan`.
+    ``rows`` and ``last_seq`` are its fingerprint: an unchanged generation is never read again."""
+
+    agent_id: str
+    database: str
+    session_id: str
+    rows: int
+    last_seq: int
+    zstd_column: bool = False
+    archive_reason: str | None = None
+
+    @property
+    def name(self) -> str:
+        """Marker key and file name sent: the name its JSONL transcript had before the move to
+        SQLite, so a session uploaded as a file then is recognised as done."""
+        return self.session_id + TRANSCRIPT_SUFFIX
+
+    @property
+    def upload_name(self) -> str:
+        return self.name
+
+    @property
+    def origin(self) -> str:
+        return "generation"
+
+    @property
+    def extent(self) -> str:
+        return f"{self.rows} events"
+
+    def fingerprint(self) -> dict[str, int]:
+        return {"rows": self.rows, "lastSeq": self.last_seq}
+
+
+@dataclass(slots=True, eq=False)
+class DatabaseScan:
+    """What one agent database holds: complete generations, and why others wait."""
+
+    found: bool = False
+    complete: list[Generation] = field(default_factory=list)
+    adopted: list[Generation] = field(default_factory=list)
+    present: set[str] = field(default_factory=set)
+    session_ids: set[str] = field(default_factory=set)
+    unchanged: int = 0
+    live: int = 0
+    undecided: int = 0
+    problems: list[str] = field(default_factory=list)
+    usable: bool = True
+
+
+def database_path(sessions_dir: Path) -> Path:
+    """The agent database beside an agent's default sessions directory:
+    ``agents/<agentId>/sessions`` -> ``agents/<agentId>/agent/openclaw-agent.sqlite``."""
+    return sessions_dir.parent / "agent" / DATABASE_NAME
+
+
+def import_archive_dirs(sessions_dir: Path) -> list[Path]:
+    """Where OpenClaw moves the JSONL transcripts it imported: ``sessions/<archive>/`` as
+    described for the first SQLite builds, and ``agents/<agentId>/<archive>/`` beside it."""
+    return [sessions_dir / IMPORT_ARCHIVE_NAME, sessions_dir.parent / IMPORT_ARCHIVE_NAME]
+
+
+def scan(
+    *,
+    agent_id: str,
+    database: Path,
+    is_done: Callable[[str, int, int], bool],
+    sizes_uploaded_as_files: Callable[[str], set[int]],
+) -> DatabaseScan:
+    """Classify the generations of ``database`` (a missing file, or one without session
+    tables, is no session database: ``found`` stays False). ``is_done(name, rows, last_seq)``
+    holds for generations uploaded and unchanged; they are only counted. A complete
+    generation whose session was uploaded as a JSONL file before the move
+    (``sizes_uploaded_as_files(session_id)`` holds that file's size) is adopted, not uploaded
+    again, when its transcript has the same size. Raises :class:`DatabaseBusy` or
+    :class:`DatabaseUnreadable`."""
+    if not database.is_file():
+        return DatabaseScan()
+    return run_read(
+        database,
+        lambda connection: _classify(
+            connection,
+            agent_id=agent_id,
+            database=database,
+            is_done=is_done,
+            sizes_uploaded_as_files=sizes_uploaded_as_files,
+        ),
+    )
+
+
+def _classify(
+    connection: sqlite3.Connection,
+    *,
+    agent_id: str,
+    database: Path,
+    is_done: Callable[[str, int, int], bool],
+    sizes_uploaded_as_files: Callable[[str], set[int]],
+) -> DatabaseScan:
+    result = DatabaseScan()
+    columns = _columns(connection)
+    if not columns:
+        return result
+    result.found = True
+    events = columns.get("transcript_events", set())
+    missing = [f"transcript_events.{name}" for name in REQUIRED_EVENT_COLUMNS if name not in events]
+    if missing:
+        what = "table transcript_events" if not events else "column " + ", ".join(missing)
+        result.problems.append(f"{database}: no {what}; its transcripts cannot be read")
+        result.usable = False
+        return result
+    has_current = "current_session_id" in columns.get("session_nodes", set())
+    has_ended = {"session_id", "ended_at"} <= columns.get("session_windows", set())
+    problem = _missing_signal(columns, has_current=has_current, has_ended=has_ended)
+    if problem:
+        result.problems.append(f"{database}: {problem}")
+    current: set[str] = set()
+    ended: set[str] = set()
+    if has_current:
+        current = {row[0] for row in connection.execute("SELECT current_session_id FROM session_nodes")}
+    if has_ended:
+        ended = {
+            row[0] for row in connection.execute("SELECT session_id FROM session_windows WHERE ended_at IS NOT NULL")
+        }
+    zstd_column = "event_zstd" in events
+    candidates: list[Generation] = []
+    counted = connection.execute("SELECT session_id, count(*), max(seq) FROM transcript_events GROUP BY session_id")
+    for session_id, rows, last_seq in counted:
+        if not isinstance(session_id, str) or not session_id:
+            continue
+        name = session_id + TRANSCRIPT_SUFFIX
+        result.present.add(name)
+        result.session_ids.add(session_id)
+        if not ((has_current and session_id not in current) or session_id in ended):
+            if has_current or has_ended:
+                result.live += 1
+            else:
+                result.undecided += 1
+        elif is_done(name, rows, last_seq):
+            result.unchanged += 1
+        else:
+            candidates.append(Generation(agent_id, str(database), session_id, rows, last_seq, zstd_column))
+    for generation in candidates:
+        sizes = sizes_uploaded_as_files(generation.session_id)
+        if sizes and _size(connection, generation, columns=events) in sizes:
+            result.adopted.append(generation)
+        else:
+            result.complete.append(generation)
+    return result
+
+
+def _columns(connection: sqlite3.Connection) -> dict[str, set[str]]:
+    found: dict[str, set[str]] = {}
+    for table in SESSION_TABLES:
+        names = {row[1] for row in connection.execute(f"PRAGMA table_info({table})")}
+        if names:
+            found[table] = names
+    return found
+
+
+def _missing_signal(columns: dict[str, set[str]], *, has_current: bool, has_ended: bool) -> str | None:
+    """A warning naming what is missing of the two signals that complete a generation: a
+    session id that is no key's current one, or a window with ``ended_at`` set."""
+    nodes = "column session_nodes.current_session_id" if "session_nodes" in columns else "table session_nodes"
+    windows = "column session_windows.ended_at" if "session_windows" in columns else "table session_windows"
+    if not has_current and not has_ended:
+        return f"no {nodes} and no {windows}; no generation can be called complete, none is uploaded"
+    if not has_current:
+        return f"no {nodes}; only generations whose window has ended count as complete"
+    if not has_ended:
+        return f"no {windows}; a generation counts as complete once no session key uses it"
+    return None
+
+
+def _size(connection: sqlite3.Connection, generation: Generation, *, columns: set[str]) -> int:
+    """The byte size of the generation's transcript, computed by SQLite (only for sessions
+    uploaded as files before the move, once: afterwards the fingerprint decides)."""
+    length = "length(CAST(event_json AS BLOB))"
+    if "event_utf8_bytes" in columns:
+        length = f"coalesce({length}, event_utf8_bytes)"
+    row = connection.execute(
+        f"SELECT coalesce(sum({length}), 0) + count(*) - coalesce(sum(substr(event_json, -1) = char(10)), 0) "
+        "FROM transcript_events WHERE session_id = ? AND seq <= ?",
+        (generation.session_id, generation.last_seq),
+    ).fetchone()
+    return int(row[0])
+
+
+def read_generation(generation: Generation, *, limit: int) -> bytes:
+    """The transcript: ``event_json`` of the generation's rows up to its fingerprint's last
+    ``seq``, in ``seq`` order, each line ending in a newline; at most ``limit`` bytes (more
+    means too large). Raises :class:`DatabaseBusy`, :class:`DatabaseUnreadable`, or
+    ``ValueError`` for an event that cannot be turned into a line."""
+    columns = "seq, event_json, event_zstd" if generation.zstd_column else "seq, event_json, NULL"
+
+    def read(connection: sqlite3.Connection) -> bytes:
+        connection.text_factory = bytes  # the bytes as stored; the UTF-8 check comes later
+        parts: list[bytes] = []
+        size = 0
+        rows = connection.execute(
+            f"SELECT {columns} FROM transcript_events WHERE session_id = ? AND seq <= ? ORDER BY seq",
+            (generation.session_id, generation.last_seq),
+        )
+        for seq, event, compressed in rows:
+            line = _line(seq, event, compressed)
+            parts.append(line)
+            size += len(line)
+            if size > limit:
+                break
+        return b"".join(parts)
+
+    return run_read(Path(generation.database), read)
+
+
+def _line(seq: int, event: bytes | None, compressed: bytes | None) -> bytes:
+    if event is None and compressed is not None:
+        import zstandard  # imported here: only compressed events need it
+
+        try:
+            event = zstandard.ZstdDecompressor().decompressobj().decompress(compressed)
+        except zstandard.ZstdError as error:
+            raise ValueError(f"event {seq} is not valid zstd ({error})") from None
+    if event is None:
+        raise ValueError(f"event {seq} has no content")
+    return event if event.endswith(b"\n") else event + b"\n"
+
+
+def run_read(database: Path, work: Callable[[sqlite3.Connection], T]) -> T:
+    """``work(connection)`` on a read-only connection inside one read transaction (a
+    consistent snapshot), redone briefly while the database is busy. Nothing is created or
+    written under the database's directory (see the module's description)."""
+    import sqlite3  # imported here: agents without a database never need it
+
+    problem = ""
+    for attempt in range(ATTEMPTS):
+        if attempt:
+            time.sleep(RETRY_PAUSE_SECONDS * attempt)
+        wal_present = os.path.exists(f"{database}-wal")
+        before = None if wal_present else _identity(database)
+        query = "mode=ro&readonly_shm=1" if wal_present else "mode=ro&immutable=1"
+        try:
+            connection = sqlite3.connect(
+                f"file:{_uri_path(database)}?{query}", uri=True, timeout=BUSY_TIMEOUT_SECONDS, isolation_level=None
+            )
+        except sqlite3.Error as error:
+            if not _transient(error):
+                raise DatabaseUnreadable(f"{database}: {_describe(error)}") from None
+            problem = _describe(error)
+            continue
+        try:
+            connection.execute("BEGIN")
+            result = work(connection)
+            connection.execute("COMMIT")
+        except sqlite3.Error as error:
+            if not _transient(error):
+                raise DatabaseUnreadable(f"{database}: {_describe(error)}") from None
+            problem = _describe(error)
+            continue
+        finally:
+            connection.close()
+        if before is not None and (os.path.exists(f"{database}-wal") or _identity(database) != before):
+            # A writer started while the file was read as immutable: the snapshot may be stale
+            # or torn. Read again, through the WAL.
+            problem = "the database changed while it was read"
+            continue
+        return result
+    raise DatabaseBusy(f"{database}: {problem}; tried {ATTEMPTS} times")
+
+
+def _identity(database: Path) -> tuple[int, int, int] | None:
+    try:
+        info = os.stat(database)
+    except OSError:
+        return None
+    return info.st_ino, info.st_size, info.st_mtime_ns
+
+
+def _uri_path(database: Path) -> str:
+    # In a URI "?" and "#" end the path and "%" escapes; nothing else needs quoting.
+    return str(database.absolute()).replace("%", "%25").replace("?", "%3f").replace("#", "%23")
+
+
+def _transient(error: Exception) -> bool:
+    name = getattr(error, "sqlite_errorname", "") or ""
+    if name:
+        return name.startswith(_TRANSIENT_NAMES)
+    return any(word in str(error).lower() for word in _TRANSIENT_WORDS)
+
+
+def _describe(error: Exception) -> str:
+    name = getattr(error, "sqlite_errorname", None)
+    return f"{error} ({name})" if name else str(error)
