@@ -107,7 +107,9 @@ def median(values: Sequence[float]) -> float:
 
 
 def env_for(**values: str) -> dict[str, str]:
-    env = {key: value for key, value in os.environ.items() if not key.startswith(("NEXUS_", "OPENCLAW_", "XDG_"))}
+    # Bytecode is cached as on an installed system: without it every start recompiles.
+    skip = ("NEXUS_", "OPENCLAW_", "XDG_", "PYTHONDONTWRITEBYTECODE")
+    env = {key: value for key, value in os.environ.items() if not key.startswith(skip)}
     env.update(values)
     return env
 

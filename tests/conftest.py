@@ -23,7 +23,18 @@ pytest_plugins += ["tests.mosquitto_server"]
 
 BIN_DIR = Path(sys.executable).parent
 # Variables a developer's shell may carry that would leak into a test run.
-_FOREIGN_PREFIXES = ("NEXUS_", "BSNEXUS_", "MQTT_", "OPENCLAW_", "WORKER_ID", "JOBS_ROOT", "STATE_DIRECTORY", "XDG_")
+# PYTHONDONTWRITEBYTECODE would make every command the tests start recompile the package.
+_FOREIGN_PREFIXES = (
+    "NEXUS_",
+    "BSNEXUS_",
+    "MQTT_",
+    "OPENCLAW_",
+    "WORKER_ID",
+    "JOBS_ROOT",
+    "STATE_DIRECTORY",
+    "XDG_",
+    "PYTHONDONTWRITEBYTECODE",
+)
 
 
 def free_port() -> int:
@@ -57,7 +68,7 @@ def clean_env(tmp_path: Path) -> dict[str, str]:
     env = {key: value for key, value in os.environ.items() if not key.startswith(_FOREIGN_PREFIXES)}
     home = tmp_path / "home"
     home.mkdir()
-    env.update(HOME=str(home), PYTHONUNBUFFERED="1", PYTHONDONTWRITEBYTECODE="1")
+    env.update(HOME=str(home), PYTHONUNBUFFERED="1")
     return env
 
 
