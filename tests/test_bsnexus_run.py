@@ -108,6 +108,7 @@ def test_round_trip_execution_and_qa(
     assert facts["workerId"] == worker_id and facts["serverUrl"] == bsnexus_backend.url
     assert facts["tasksDone"] == 3 and facts["tasksFailed"] == 1 and facts["running"] is False
     assert facts["lastHeartbeatAt"] and facts["pending"] == {"tasks:queue/workers": 0, "tasks:qa/reviewers": 0}
+    assert facts["deadLetters"] == 0
     text = worker_setup.cli("status")
     assert "tasks done:     3" in text.stdout and "last heartbeat:" in text.stdout
 

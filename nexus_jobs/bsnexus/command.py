@@ -219,11 +219,13 @@ def status_command(args: argparse.Namespace) -> int:
     facts_of_runs = record.read(settings)
     running = settings.state_dir.is_dir() and state.lock_is_held(settings.state_dir, settings.job_id)
     pending: dict[str, int] | None = None
+    dead_letters: int | None = None
     redis_problem = ""
     refused = None
     client = streams.connect(settings.redis_url, poll_seconds=1.0)
     try:
         pending = streams.pending_counts(client, streams.channels(settings), consumer=settings.worker_id)
+        dead_letters = int(client.xlen(settings.dead_letter_stream))
     except streams.down_errors() as error:
         redis_problem = str(error).split("\n")[0][:200]
         refused = streams.refusal(error, what="show pending entries")
@@ -244,6 +246,7 @@ def status_command(args: argparse.Namespace) -> int:
         "lastStoppedAt": facts_of_runs.get("stoppedAt"),
         "lastStopReason": facts_of_runs.get("stopReason"),
         "pending": pending,
+        "deadLetters": dead_letters,
     }
     if args.json:
         cli.print_json(facts)
@@ -276,6 +279,7 @@ def _print_status(facts: dict[str, Any], redis_problem: str) -> None:
         ("tasks done", str(facts["tasksDone"])),
         ("tasks failed", str(facts["tasksFailed"])),
         ("pending", pending),
+        ("dead letters", "unknown" if facts["deadLetters"] is None else f"{facts['deadLetters']} (all workers)"),
     ]
     for label, value in lines:
         sys.stdout.write(cli.redact(f"{label + ':':<16}{value}") + "\n")
