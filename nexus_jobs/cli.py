@@ -122,22 +122,23 @@ def add_common_flags(parser: argparse.ArgumentParser, *, scheduled: bool) -> Non
         parser.add_argument("--force", action="store_true", help="run even when not due or disabled")
 
 
-def add_options(parser: argparse.ArgumentParser, options: Iterable[Option]) -> None:
-    """A flag for each option that has one; help text names its default, env var and key."""
+def add_options(parser: argparse.ArgumentParser, options: Iterable[Option], *, in_config_file: bool = True) -> None:
+    """A flag for each option that has one (secrets have none); the help text names its
+    default, its environment variable and, for settings that a config file can hold, its key."""
     for option in options:
         if option.secret or option.flag is None:
             continue
-        where = [f"default: {option.default!r}" if option.default not in (None, "", []) else "no default"]
+        where = [f"default: {option.default!r}"] if option.default not in (None, "", []) else []
         if option.env:
             where.append(f"env {option.env}")
-        where.append(f"config {option.path}")
+        if in_config_file:
+            where.append(f"config {option.path}")
         help_text = f"{option.help} ({'; '.join(where)})"
         if option.kind is bool:
             parser.add_argument(option.flag, dest=option.dest, action="store_const", const=True, help=help_text)
         else:
-            parser.add_argument(
-                option.flag, dest=option.dest, metavar=option.path.split(".")[-1].upper(), help=help_text
-            )
+            metavar = option.flag.lstrip("-").replace("-", "_").upper()
+            parser.add_argument(option.flag, dest=option.dest, metavar=metavar, help=help_text)
 
 
 def main(

@@ -145,23 +145,6 @@ class Settings:
         return f"Settings(broker={self.broker!r}, worker_id={self.worker_id!r})"
 
 
-def add_flags(parser: argparse.ArgumentParser) -> None:
-    """A flag for each option that has one. Like ``cli.add_options``, without naming a
-    config-file key: there is no config-file section for this worker."""
-    for option in OPTIONS:
-        if option.flag is None or option.secret:
-            continue
-        where = [f"env {option.env}"]
-        if option.default not in ("", None):
-            where.insert(0, f"default: {option.default}")
-        parser.add_argument(
-            option.flag,
-            dest=option.dest,
-            metavar=option.flag.lstrip("-").replace("-", "_").upper(),
-            help=f"{option.help} ({'; '.join(where)})",
-        )
-
-
 def load_settings(args: argparse.Namespace) -> Settings:
     """Every setting, checked; all problems reported together (exit 78)."""
     loaded = config.load(config_flag=args.config, env_file_flag=args.env_file)

@@ -27,7 +27,7 @@ from typing import Any
 from . import cli, mqtt_jobs, state
 from .errors import EXIT_OK, JobError, TransientError
 from .mqtt_broker import WAIT_SLICE_SECONDS, BrokerSession
-from .mqtt_settings import PROG, Settings, add_flags, load_settings
+from .mqtt_settings import OPTIONS, PROG, Settings, load_settings
 
 log = logging.getLogger("nexus_jobs.mqtt_worker")
 
@@ -41,7 +41,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "Take one job pointer from MQTT, run its steps in the shared-drive workDir, publish the result, exit.",
         scheduled=False,
     )
-    add_flags(parser)
+    cli.add_options(parser, OPTIONS, in_config_file=False)
     return cli.main(prog=PROG, parser=parser, run=run, argv=argv)
 
 

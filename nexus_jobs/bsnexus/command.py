@@ -48,7 +48,7 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="subcommand", metavar="COMMAND", required=True)
     register = commands.add_parser("register", help="register with the server and save the credentials, then exit")
     cli.add_common_flags(register, scheduled=False)
-    _add_flags(register, worker_settings.REGISTER_FLAGS)
+    cli.add_options(register, worker_settings.REGISTER_FLAGS, in_config_file=False)
     register.add_argument(
         "--token",
         metavar="TOKEN",
@@ -57,7 +57,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run = commands.add_parser("run", help="take tasks from Redis Streams, execute them, publish the results")
     cli.add_common_flags(run, scheduled=False)
-    _add_flags(run, worker_settings.RUN_FLAGS)
+    cli.add_options(run, worker_settings.RUN_FLAGS, in_config_file=False)
     status = commands.add_parser("status", help="identity, server, last heartbeat, task counts, pending entries")
     cli.add_common_flags(status, scheduled=False)
     unregister = commands.add_parser("unregister", help="deregister from the server and forget the saved identity")
@@ -66,19 +66,6 @@ def build_parser() -> argparse.ArgumentParser:
         "--force", action="store_true", help="forget the saved identity even when the server cannot be told"
     )
     return parser
-
-
-def _add_flags(parser: argparse.ArgumentParser, options: Sequence[config.Option]) -> None:
-    # Like cli.add_options, without a config-file key: BSNexus settings live in the
-    # environment and the .env file only.
-    for option in options:
-        default = f"default: {option.default!r}; " if option.default not in ("", 0, 0.0) else ""
-        parser.add_argument(
-            option.flag,  # type: ignore[arg-type]
-            dest=option.dest,
-            metavar=(option.flag or "").lstrip("-").replace("-", "_").upper(),
-            help=f"{option.help} ({default}env {option.env})",
-        )
 
 
 def main(argv: Sequence[str] | None = None) -> int:
