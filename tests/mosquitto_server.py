@@ -22,14 +22,10 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import free_port
+
 STARTUP_DEADLINE_SECONDS = 10.0
 STOP_DEADLINE_SECONDS = 10.0
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 @dataclass(frozen=True)
@@ -102,7 +98,7 @@ class MosquittoServer:
         self.executable = executable
         self.directory = directory
         self.directory.mkdir(parents=True, exist_ok=True)
-        self.port = _free_port()
+        self.port = free_port()
         self.host = "127.0.0.1"
         self.log_path = directory / "mosquitto.log"
         self.config_path = directory / "mosquitto.conf"

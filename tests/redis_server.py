@@ -18,14 +18,10 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import free_port
+
 STARTUP_DEADLINE_SECONDS = 10.0
 STOP_DEADLINE_SECONDS = 10.0
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 class RedisServer:
@@ -40,7 +36,7 @@ class RedisServer:
         self.directory.mkdir(parents=True, exist_ok=True)
         self.persistent = persistent
         self.host = "127.0.0.1"
-        self.port = _free_port()
+        self.port = free_port()
         self.log_path = directory / "redis.log"
         self.process: subprocess.Popen[bytes] | None = None
 
