@@ -316,8 +316,8 @@ def _scan_database(
 
 
 def _sizes_uploaded_as_files(agent_markers: dict[str, dict[str, Any]]) -> Callable[[str], set[int]]:
-    """Byte sizes of each session's uploaded, uncompressed JSONL files (built on first use:
-    only sessions seen in a database for the first time ask)."""
+    """Byte sizes of each session's uploaded, uncompressed JSONL files, forum topics included
+    (built on first use: only sessions seen in a database for the first time ask)."""
     by_session: dict[str, set[int]] = {}
     built = False
 
@@ -326,12 +326,12 @@ def _sizes_uploaded_as_files(agent_markers: dict[str, dict[str, Any]]) -> Callab
         if not built:
             built = True
             for name, marker in agent_markers.items():
-                stem = name.partition(".jsonl")[0]
-                # A topic transcript or a compressed archive is not the session's plain transcript.
-                if "-topic-" in stem or name.endswith(openclaw.ZSTD_SUFFIX) or "mtimeNs" not in marker:
+                # The size of a compressed archive is not its transcript's.
+                if name.endswith(openclaw.ZSTD_SUFFIX) or "mtimeNs" not in marker:
                     continue
                 if marker.get("status") == "uploaded" and isinstance(marker.get("size"), int):
-                    by_session.setdefault(stem, set()).add(marker["size"])
+                    owner = name.partition(openclaw.TRANSCRIPT_SUFFIX)[0].partition(openclaw.TOPIC_SEPARATOR)[0]
+                    by_session.setdefault(owner, set()).add(marker["size"])
         return by_session.get(session_id, set())
 
     return sizes
