@@ -228,6 +228,24 @@ def _transcript(
     )
 
 
+def transcript_size(transcript: Transcript) -> int | None:
+    """The transcript's size without reading it: the file's, or for a ``.zst`` archive the
+    size its frame header declares (None when it declares none or cannot be read)."""
+    if not transcript.compressed:
+        return transcript.size
+    if transcript.is_symlink or not transcript.is_regular:
+        return None
+    import zstandard  # imported here: only .zst archives need it
+
+    try:
+        descriptor = os.open(transcript.path, os.O_RDONLY | os.O_NOFOLLOW)
+        with os.fdopen(descriptor, "rb") as handle:
+            size = zstandard.frame_content_size(handle.read(18))
+    except (OSError, zstandard.ZstdError):
+        return None
+    return size if size >= 0 else None
+
+
 def read_bytes(transcript: Transcript, *, limit: int) -> bytes:
     """Up to ``limit`` bytes of the transcript, a ``.zst`` archive decompressed. Symbolic
     links are not followed. Raises ``OSError`` when unreadable, ``ValueError`` for a corrupt

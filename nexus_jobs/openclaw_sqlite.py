@@ -28,14 +28,15 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, NamedTuple, TypeVar
+from typing import TYPE_CHECKING, Any, NamedTuple, TypeVar
+
+from .openclaw import TOPIC_SEPARATOR, TRANSCRIPT_SUFFIX, ZSTD_SUFFIX
 
 if TYPE_CHECKING:
     import sqlite3
 
 DATABASE_NAME = "openclaw-agent.sqlite"
 IMPORT_ARCHIVE_NAME = "session-sqlite-import-archive"
-TRANSCRIPT_SUFFIX = ".jsonl"
 BUSY_TIMEOUT_SECONDS = 1.0
 ATTEMPTS = 3
 RETRY_PAUSE_SECONDS = 0.25
@@ -99,8 +100,7 @@ class DatabaseScan:
     found: bool = False
     complete: list[Generation] = field(default_factory=list)
     adopted: list[Generation] = field(default_factory=list)
-    present: set[str] = field(default_factory=set)
-    session_ids: set[str] = field(default_factory=set)
+    present: set[str] = field(default_factory=set)  # <sessionId>.jsonl of every generation
     unchanged: int = 0
     live: int = 0
     undecided: int = 0
@@ -178,9 +178,11 @@ def _classify(
     if has_current:
         current = {row[0] for row in connection.execute("SELECT current_session_id FROM session_nodes")}
     if has_ended:
-        ended = {
-            row[0] for row in connection.execute("SELECT session_id FROM session_windows WHERE ended_at IS NOT NULL")
-        }
+        # Only a current generation needs its window: any other is complete anyway.
+        ended_query = "SELECT session_id FROM session_windows WHERE ended_at IS NOT NULL"
+        if has_current:
+            ended_query += " AND session_id IN (SELECT current_session_id FROM session_nodes)"
+        ended = {row[0] for row in connection.execute(ended_query)}
     zstd_column = "event_zstd" in events
     candidates: list[Generation] = []
     counted = connection.execute("SELECT session_id, count(*), max(seq) FROM transcript_events GROUP BY session_id")
@@ -189,7 +191,6 @@ def _classify(
             continue
         name = session_id + TRANSCRIPT_SUFFIX
         result.present.add(name)
-        result.session_ids.add(session_id)
         if not ((has_current and session_id not in current) or session_id in ended):
             if has_current or has_ended:
                 result.live += 1
@@ -206,6 +207,42 @@ def _classify(
         else:
             result.complete.append(generation)
     return result
+
+
+def uploaded_file_sizes(agent_markers: dict[str, dict[str, Any]]) -> Callable[[str], set[int]]:
+    """Byte sizes of each session's uploaded, uncompressed JSONL files, forum topics included
+    (built on first use: only sessions seen in a database for the first time ask)."""
+    by_session: dict[str, set[int]] = {}
+    built = False
+
+    def sizes(session_id: str) -> set[int]:
+        nonlocal built
+        if not built:
+            built = True
+            for name, marker in agent_markers.items():
+                # The size of a compressed archive is not its transcript's.
+                if name.endswith(ZSTD_SUFFIX) or "mtimeNs" not in marker:
+                    continue
+                if marker.get("status") == "uploaded" and isinstance(marker.get("size"), int):
+                    owner = name.partition(TRANSCRIPT_SUFFIX)[0].partition(TOPIC_SEPARATOR)[0]
+                    by_session.setdefault(owner, set()).add(marker["size"])
+        return by_session.get(session_id, set())
+
+    return sizes
+
+
+def adopt(generations: list[Generation], agent_markers: dict[str, dict[str, Any]], *, at: str) -> None:
+    """Mark generations whose transcript was uploaded as a file (same session, same size) as
+    uploaded, with their fingerprint: from now on the fingerprint tells when they change."""
+    for generation in generations:
+        marker = agent_markers.get(generation.name)
+        if marker is None or marker.get("status") != "uploaded":
+            marker = agent_markers[generation.name] = {
+                "status": "uploaded",
+                "response": "uploaded as a JSONL file before the move to SQLite",
+                "at": at,
+            }
+        marker.update(generation.fingerprint())
 
 
 def _columns(connection: sqlite3.Connection) -> dict[str, set[str]]:

@@ -186,7 +186,8 @@ def upload_all(settings: Settings, *, dry_run: bool) -> cli.RunSummary:
             if not database.found:
                 summary.failures.append(f"agent {agent.agent_id}: cannot list {agent.sessions_dir}: {error.strerror}")
                 log.error("%s", summary.failures[-1])
-            continue  # an agent of the SQLite era may have no sessions directory at all
+                continue
+            found = openclaw.Scan()  # an agent of the SQLite era may have no sessions directory at all
         except OSError as error:
             summary.failures.append(f"agent {agent.agent_id}: cannot list {agent.sessions_dir}: {error.strerror}")
             log.error("%s", summary.failures[-1])
@@ -201,6 +202,10 @@ def upload_all(settings: Settings, *, dry_run: bool) -> cli.RunSummary:
             )
         counts["waiting"] += found.live + found.locked + found.in_grace + found.without_index
         counts["unchanged"] += found.unchanged
+        if database.found and found.complete:
+            found.complete = _drop_copies_of_generations(
+                found.complete, agent_markers, summary=summary, dry_run=dry_run
+            )
         if (
             not dry_run
             and database.present is not None
@@ -254,13 +259,13 @@ def _scan_database(
     part = _DatabasePart()
     counts = summary.counts
     where = f"agent {agent.agent_id}"
-    covered: set[str] | None = set()  # session ids the database holds; None: cannot tell
+    covered: set[str] | None = set()  # <sessionId>.jsonl of what the database holds; None: cannot tell
     try:
         found = openclaw_sqlite.scan(
             agent_id=agent.agent_id,
             database=openclaw_sqlite.database_path(agent.sessions_dir),
             is_done=_done_check(agent_markers, retry_rejected=settings.retry_rejected, keys=("rows", "lastSeq")),
-            sizes_uploaded_as_files=_sizes_uploaded_as_files(agent_markers),
+            sizes_uploaded_as_files=openclaw_sqlite.uploaded_file_sizes(agent_markers),
         )
     except openclaw_sqlite.DatabaseBusy as error:
         log.warning("%s: %s; its database is skipped until the next run", where, error)
@@ -280,23 +285,25 @@ def _scan_database(
     if not found.usable:
         part.present = covered = None
     else:
-        covered = found.session_ids
+        covered = found.present
         assert part.present is not None
         part.present |= found.present
     counts["waiting"] += found.live + found.undecided
     counts["unchanged"] += found.unchanged + len(found.adopted)
     part.complete.extend(found.complete)
     if found.adopted and not dry_run:
-        _adopt(found.adopted, agent_markers)
+        openclaw_sqlite.adopt(found.adopted, agent_markers, at=state.isoformat(state.now_utc()))
         part.markers_changed = True
         log.info("%s: %d session(s) uploaded as JSONL files before the move to SQLite", where, len(found.adopted))
     if covered is None:
         return part
     done = _done_check(agent_markers, retry_rejected=settings.retry_rejected)
-    session_ids = covered
+    in_database = covered
 
     def is_covered(session_id: str, name: str) -> bool:
-        return session_id in session_ids or agent_markers.get(name, {}).get("status") == "uploaded"
+        if session_id + openclaw.TRANSCRIPT_SUFFIX in in_database:
+            return True
+        return agent_markers.get(name, {}).get("status") == "uploaded"
 
     for directory in dict.fromkeys(openclaw_sqlite.import_archive_dirs(agent.sessions_dir)):
         try:
@@ -315,40 +322,37 @@ def _scan_database(
     return part
 
 
-def _sizes_uploaded_as_files(agent_markers: dict[str, dict[str, Any]]) -> Callable[[str], set[int]]:
-    """Byte sizes of each session's uploaded, uncompressed JSONL files, forum topics included
-    (built on first use: only sessions seen in a database for the first time ask)."""
-    by_session: dict[str, set[int]] = {}
-    built = False
-
-    def sizes(session_id: str) -> set[int]:
-        nonlocal built
-        if not built:
-            built = True
-            for name, marker in agent_markers.items():
-                # The size of a compressed archive is not its transcript's.
-                if name.endswith(openclaw.ZSTD_SUFFIX) or "mtimeNs" not in marker:
-                    continue
-                if marker.get("status") == "uploaded" and isinstance(marker.get("size"), int):
-                    owner = name.partition(openclaw.TRANSCRIPT_SUFFIX)[0].partition(openclaw.TOPIC_SEPARATOR)[0]
-                    by_session.setdefault(owner, set()).add(marker["size"])
-        return by_session.get(session_id, set())
-
-    return sizes
-
-
-def _adopt(generations: list[openclaw_sqlite.Generation], agent_markers: dict[str, dict[str, Any]]) -> None:
-    """Mark generations whose transcript was uploaded as a file (same session, same size) as
-    uploaded, with their fingerprint: from now on the fingerprint tells when they change."""
-    for generation in generations:
-        marker = agent_markers.get(generation.name)
-        if marker is None or marker.get("status") != "uploaded":
-            marker = agent_markers[generation.name] = {
+def _drop_copies_of_generations(
+    complete: list[openclaw.Transcript],
+    agent_markers: dict[str, dict[str, Any]],
+    *,
+    summary: cli.RunSummary,
+    dry_run: bool,
+) -> list[openclaw.Transcript]:
+    """Archives whose session's generation was uploaded from the database already, with the
+    same transcript size: OpenClaw wrote them when it deleted the session, a copy of what
+    was sent. They are marked uploaded instead of being sent again under their own name."""
+    keep = []
+    for transcript in complete:
+        generation = agent_markers.get(transcript.session_id + openclaw.TRANSCRIPT_SUFFIX)
+        if (
+            transcript.archive_reason is None
+            or generation is None
+            or generation.get("status") != "uploaded"
+            or generation.get("bytes") is None
+            or generation["bytes"] != openclaw.transcript_size(transcript)
+        ):
+            keep.append(transcript)
+            continue
+        summary.counts["unchanged"] += 1
+        if not dry_run:
+            agent_markers[transcript.name] = {
+                **transcript.fingerprint(),
                 "status": "uploaded",
-                "response": "uploaded as a JSONL file before the move to SQLite",
+                "response": f"a copy of {transcript.session_id}.jsonl, uploaded from the database before",
                 "at": state.isoformat(state.now_utc()),
             }
-        marker.update(generation.fingerprint())
+    return keep
 
 
 def _done_check(
@@ -408,7 +412,7 @@ def _upload(
     give_up_after = max(3, settings.concurrency)
     bar = cli.progress(total=len(todo), description="uploading", enabled=settings.show_progress)
     pending = iter(todo)
-    in_flight: dict[concurrent.futures.Future[Outcome], tuple[Found, dict[str, Any] | None]] = {}
+    in_flight: dict[concurrent.futures.Future[tuple[Outcome, int]], tuple[Found, dict[str, Any] | None]] = {}
     refused: Outcome | None = None
     answered = 0  # answers from the backend, whatever they said
     with concurrent.futures.ThreadPoolExecutor(max_workers=settings.concurrency) as pool:
@@ -425,9 +429,9 @@ def _upload(
                 done, _ = concurrent.futures.wait(in_flight, return_when=concurrent.futures.FIRST_COMPLETED)
                 for future in done:
                     transcript, marker = in_flight.pop(future)
-                    outcome = future.result()
+                    outcome, size = future.result()
                     bar.update()
-                    _record(outcome, transcript, marker, markers=markers, summary=summary)
+                    _record(outcome, transcript, marker, markers=markers, summary=summary, size=size)
                     if outcome.kind == REFUSED:
                         refused = outcome
                     failures_in_a_row = failures_in_a_row + 1 if outcome.kind == FAILED else 0
@@ -461,11 +465,12 @@ def _open_store(settings: Settings) -> nexus_sessions.SessionStore:
     )
 
 
-def _send(transcript: Found, *, store: nexus_sessions.SessionStore, settings: Settings) -> Outcome:
+def _send(transcript: Found, *, store: nexus_sessions.SessionStore, settings: Settings) -> tuple[Outcome, int]:
+    """The store's answer, and the size of the transcript sent (-1 when none was)."""
     prepared = read_transcript(transcript, max_bytes=settings.max_bytes)
     if isinstance(prepared, Outcome):
-        return prepared
-    return store.upload(prepared)
+        return prepared, -1
+    return store.upload(prepared), len(prepared.content)
 
 
 def read_transcript(transcript: Found, *, max_bytes: int) -> Upload | Outcome:
@@ -530,6 +535,7 @@ def _record(
     *,
     markers: dict[str, dict[str, dict[str, Any]]],
     summary: cli.RunSummary,
+    size: int = -1,
 ) -> None:
     where = f"{transcript.agent_id}/{transcript.name}"
     counts = summary.counts
@@ -562,6 +568,9 @@ def _record(
         "response": outcome.detail if outcome.http_status is None else f"{outcome.http_status} {outcome.detail}",
         "at": state.isoformat(state.now_utc()),
     }
+    if isinstance(transcript, openclaw_sqlite.Generation) and size >= 0:
+        # So the archive OpenClaw writes when the session is deleted is known as a copy.
+        markers[transcript.agent_id][transcript.name]["bytes"] = size
 
 
 def _change(marker: dict[str, Any], transcript: Found) -> str:

@@ -20,6 +20,7 @@ from tests.conftest import assert_clean_failure, run_cli
 from tests.nexus_double import LIMIT_BYTES, NexusDouble
 from tests.openclaw_tree import (
     SQLITE_SCHEMA,
+    STAMP,
     SqliteTree,
     Tree,
     add_generation,
@@ -227,6 +228,25 @@ def test_changed_generation_is_uploaded_again_and_reported(
     assert f"main/{name} changed after it was uploaded ({count} -> {count + 1} events)" in result.stderr
     assert [request.body["fileName"] for request in nexus.posts()[-1:]] == [name]  # type: ignore[index]
     assert nexus.stored[("main", name)].endswith(b'"resumed":true}\n')
+
+
+def test_archive_of_a_deleted_session_uploaded_from_the_database_is_not_sent_again(
+    tree: SqliteTree, env: dict[str, str]
+) -> None:
+    assert run_cli(COMMAND, env=env).returncode == 0
+    reset, rollover = tree.ids["reset"], tree.ids["rollover"]
+    copy = f"{reset}.jsonl.deleted.{STAMP}.zst"
+    (tree.sessions_dir / copy).write_bytes(zstandard.ZstdCompressor().compress(tree.expected_uploads[f"{reset}.jsonl"]))
+    longer = f"{rollover}.jsonl.deleted.{STAMP}"
+    (tree.sessions_dir / longer).write_bytes(tree.expected_uploads[f"{rollover}.jsonl"] + b'{"type":"message"}\n')
+    connection = sqlite3.connect(tree.database, isolation_level=None)
+    connection.execute("DELETE FROM transcript_events WHERE session_id IN (?, ?)", (reset, rollover))
+    connection.close()
+    result = run_cli(COMMAND, "--json", env=env)
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["counts"]["uploaded"] == 1
+    assert set(inbox(env)) == set(tree.expected_uploads) | {longer}, "the copy is not sent, the longer one is"
+    assert markers(env)["main"][copy]["response"].startswith(f"a copy of {reset}.jsonl")
 
 
 def test_oversize_and_non_utf8_generations_are_rejected_locally(env: dict[str, str], nexus: NexusDouble) -> None:
