@@ -37,9 +37,11 @@ if TYPE_CHECKING:
 
 DATABASE_NAME = "openclaw-agent.sqlite"
 IMPORT_ARCHIVE_NAME = "session-sqlite-import-archive"
-BUSY_TIMEOUT_SECONDS = 1.0
-ATTEMPTS = 3
-RETRY_PAUSE_SECONDS = 0.25
+# A locked database is waited for about 3 s in all; a writer that opens and closes the
+# database around us (its -wal coming and going) gets several quick attempts.
+BUSY_TIMEOUT_SECONDS = 0.5
+ATTEMPTS = 5
+RETRY_PAUSE_SECONDS = 0.05
 T = TypeVar("T")
 # Tables a session database has; a database with none of them predates SQLite sessions
 # (2026.6.5 to 2026.7.1 keep only auth and agent state there): nothing to read, nothing to say.
@@ -330,7 +332,7 @@ def run_read(database: Path, work: Callable[[sqlite3.Connection], T]) -> T:
     problem = ""
     for attempt in range(ATTEMPTS):
         if attempt:
-            time.sleep(RETRY_PAUSE_SECONDS * attempt)
+            time.sleep(RETRY_PAUSE_SECONDS * 2 ** (attempt - 1))
         wal_present = os.path.exists(f"{database}-wal")
         before = None if wal_present else _identity(database)
         query = "mode=ro&readonly_shm=1" if wal_present else "mode=ro&immutable=1"
