@@ -101,7 +101,7 @@ class DatabaseScan:
 
     found: bool = False
     complete: list[Generation] = field(default_factory=list)
-    adopted: list[Generation] = field(default_factory=list)
+    adopted: list[tuple[Generation, int]] = field(default_factory=list)  # and its size in bytes
     present: set[str] = field(default_factory=set)  # <sessionId>.jsonl of every generation
     unchanged: int = 0
     live: int = 0
@@ -204,8 +204,9 @@ def _classify(
             candidates.append(Generation(agent_id, str(database), session_id, rows, last_seq, zstd_column))
     for generation in candidates:
         sizes = sizes_uploaded_as_files(generation.session_id)
-        if sizes and _size(connection, generation, columns=events) in sizes:
-            result.adopted.append(generation)
+        size = _size(connection, generation, columns=events) if sizes else -1
+        if size in sizes:
+            result.adopted.append((generation, size))
         else:
             result.complete.append(generation)
     return result
@@ -233,10 +234,10 @@ def uploaded_file_sizes(agent_markers: dict[str, dict[str, Any]]) -> Callable[[s
     return sizes
 
 
-def adopt(generations: list[Generation], agent_markers: dict[str, dict[str, Any]], *, at: str) -> None:
+def adopt(generations: list[tuple[Generation, int]], agent_markers: dict[str, dict[str, Any]], *, at: str) -> None:
     """Mark generations whose transcript was uploaded as a file (same session, same size) as
     uploaded, with their fingerprint: from now on the fingerprint tells when they change."""
-    for generation in generations:
+    for generation, size in generations:
         marker = agent_markers.get(generation.name)
         if marker is None or marker.get("status") != "uploaded":
             marker = agent_markers[generation.name] = {
@@ -244,7 +245,7 @@ def adopt(generations: list[Generation], agent_markers: dict[str, dict[str, Any]
                 "response": "uploaded as a JSONL file before the move to SQLite",
                 "at": at,
             }
-        marker.update(generation.fingerprint())
+        marker.update(generation.fingerprint(), bytes=size)
 
 
 def _columns(connection: sqlite3.Connection) -> dict[str, set[str]]:
@@ -341,7 +342,7 @@ def run_read(database: Path, work: Callable[[sqlite3.Connection], T]) -> T:
                 f"file:{_uri_path(database)}?{query}", uri=True, timeout=BUSY_TIMEOUT_SECONDS, isolation_level=None
             )
         except sqlite3.Error as error:
-            if not _transient(error):
+            if not _transient(error) or not os.access(database, os.R_OK):
                 raise DatabaseUnreadable(f"{database}: {_describe(error)}") from None
             problem = _describe(error)
             continue

@@ -203,9 +203,10 @@ def upload_all(settings: Settings, *, dry_run: bool) -> cli.RunSummary:
         counts["waiting"] += found.live + found.locked + found.in_grace + found.without_index
         counts["unchanged"] += found.unchanged
         if database.found and found.complete:
-            found.complete = _drop_copies_of_generations(
-                found.complete, agent_markers, summary=summary, dry_run=dry_run
-            )
+            copies = _copies_of_generations(found.complete, agent_markers, summary=summary, dry_run=dry_run)
+            if copies:
+                found.complete = [transcript for transcript in found.complete if transcript.name not in copies]
+                checkpoints.pending_changes += 1
         if (
             not dry_run
             and database.present is not None
@@ -322,17 +323,17 @@ def _scan_database(
     return part
 
 
-def _drop_copies_of_generations(
+def _copies_of_generations(
     complete: list[openclaw.Transcript],
     agent_markers: dict[str, dict[str, Any]],
     *,
     summary: cli.RunSummary,
     dry_run: bool,
-) -> list[openclaw.Transcript]:
+) -> set[str]:
     """Archives whose session's generation was uploaded from the database already, with the
     same transcript size: OpenClaw wrote them when it deleted the session, a copy of what
     was sent. They are marked uploaded instead of being sent again under their own name."""
-    keep = []
+    copies = set()
     for transcript in complete:
         generation = agent_markers.get(transcript.session_id + openclaw.TRANSCRIPT_SUFFIX)
         if (
@@ -342,8 +343,8 @@ def _drop_copies_of_generations(
             or generation.get("bytes") is None
             or generation["bytes"] != openclaw.transcript_size(transcript)
         ):
-            keep.append(transcript)
             continue
+        copies.add(transcript.name)
         summary.counts["unchanged"] += 1
         if not dry_run:
             agent_markers[transcript.name] = {
@@ -352,7 +353,7 @@ def _drop_copies_of_generations(
                 "response": f"a copy of {transcript.session_id}.jsonl, uploaded from the database before",
                 "at": state.isoformat(state.now_utc()),
             }
-    return keep
+    return copies
 
 
 def _done_check(

@@ -266,6 +266,12 @@ def test_archive_of_a_deleted_session_uploaded_from_the_database_is_not_sent_aga
     assert json.loads(result.stdout)["counts"]["uploaded"] == 1
     assert set(inbox(env)) == set(tree.expected_uploads) | {longer}, "the copy is not sent, the longer one is"
     assert markers(env)["main"][copy]["response"].startswith(f"a copy of {reset}.jsonl")
+    (tree.sessions_dir / longer).unlink()
+    copy_of_imported = f"{tree.ids['imported']}.jsonl.deleted.{STAMP}"
+    (tree.sessions_dir / copy_of_imported).write_bytes(tree.expected_uploads[f"{tree.ids['imported']}.jsonl"])
+    alone = run_cli(COMMAND, "--json", env=env)
+    assert json.loads(alone.stdout)["counts"]["uploaded"] == 0, "a copy alone is marked, and the mark is kept"
+    assert markers(env)["main"][copy_of_imported]["status"] == "uploaded"
 
 
 def test_oversize_and_non_utf8_generations_are_rejected_locally(env: dict[str, str], nexus: NexusDouble) -> None:
