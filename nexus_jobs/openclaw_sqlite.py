@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple, TypeVar
@@ -43,6 +43,7 @@ BUSY_TIMEOUT_SECONDS = 0.5
 ATTEMPTS = 5
 RETRY_PAUSE_SECONDS = 0.05
 T = TypeVar("T")
+SUFFIX = (TRANSCRIPT_SUFFIX,)  # a query parameter
 # Tables a session database has; a database with none of them predates SQLite sessions
 # (2026.6.5 to 2026.7.1 keep only auth and agent state there): nothing to read, nothing to say.
 SESSION_TABLES = ("transcript_events", "session_nodes", "session_windows")
@@ -126,12 +127,14 @@ def scan(
     *,
     agent_id: str,
     database: Path,
-    is_done: Callable[[str, int, int], bool],
+    markers: Mapping[str, Mapping[str, Any]],
+    retry_rejected: bool,
     sizes_uploaded_as_files: Callable[[str], set[int]],
 ) -> DatabaseScan:
     """Classify the generations of ``database`` (a missing file, or one without session
-    tables, is no session database: ``found`` stays False). ``is_done(name, rows, last_seq)``
-    holds for generations uploaded and unchanged; they are only counted. A complete
+    tables, is no session database: ``found`` stays False). Generations whose marker has
+    their fingerprint and says uploaded (or rejected, unless ``retry_rejected``) are only
+    counted. A complete
     generation whose session was uploaded as a JSONL file before the move
     (``sizes_uploaded_as_files(session_id)`` holds that file's size) is adopted, not uploaded
     again, when its transcript has the same size. Raises :class:`DatabaseBusy` or
@@ -144,7 +147,8 @@ def scan(
             connection,
             agent_id=agent_id,
             database=database,
-            is_done=is_done,
+            markers=markers,
+            retry_rejected=retry_rejected,
             sizes_uploaded_as_files=sizes_uploaded_as_files,
         ),
     )
@@ -155,7 +159,8 @@ def _classify(
     *,
     agent_id: str,
     database: Path,
-    is_done: Callable[[str, int, int], bool],
+    markers: Mapping[str, Mapping[str, Any]],
+    retry_rejected: bool,
     sizes_uploaded_as_files: Callable[[str], set[int]],
 ) -> DatabaseScan:
     result = DatabaseScan()
@@ -175,32 +180,43 @@ def _classify(
     problem = _missing_signal(columns, has_current=has_current, has_ended=has_ended)
     if problem:
         result.problems.append(f"{database}: {problem}")
+    # Names (<sessionId>.jsonl) rather than ids throughout: SQLite builds them, and the loop
+    # over every generation of a nothing-new run does no string work of its own.
     current: set[str] = set()
     ended: set[str] = set()
     if has_current:
-        current = {row[0] for row in connection.execute("SELECT current_session_id FROM session_nodes")}
+        current = {row[0] for row in connection.execute("SELECT current_session_id || ? FROM session_nodes", SUFFIX)}
     if has_ended:
         # Only a current generation needs its window: any other is complete anyway.
-        ended_query = "SELECT session_id FROM session_windows WHERE ended_at IS NOT NULL"
+        ended_query = "SELECT session_id || ? FROM session_windows WHERE ended_at IS NOT NULL"
         if has_current:
             ended_query += " AND session_id IN (SELECT current_session_id FROM session_nodes)"
-        ended = {row[0] for row in connection.execute(ended_query)}
+        ended = {row[0] for row in connection.execute(ended_query, SUFFIX)}
     zstd_column = "event_zstd" in events
     candidates: list[Generation] = []
-    counted = connection.execute("SELECT session_id, count(*), max(seq) FROM transcript_events GROUP BY session_id")
-    for session_id, rows, last_seq in counted:
-        if not isinstance(session_id, str) or not session_id:
+    present_add = result.present.add
+    marker_of = markers.get
+    counted = connection.execute(
+        "SELECT session_id || ?, count(*), max(seq) FROM transcript_events GROUP BY session_id", SUFFIX
+    )
+    for name, rows, last_seq in counted:
+        if name is None:
             continue
-        name = session_id + TRANSCRIPT_SUFFIX
-        result.present.add(name)
-        if not ((has_current and session_id not in current) or session_id in ended):
+        present_add(name)
+        if not ((has_current and name not in current) or name in ended):
             if has_current or has_ended:
                 result.live += 1
             else:
                 result.undecided += 1
-        elif is_done(name, rows, last_seq):
-            result.unchanged += 1
+        elif (
+            (marker := marker_of(name)) is not None
+            and marker.get("lastSeq") == last_seq
+            and marker.get("rows") == rows
+            and (marker.get("status") == "uploaded" or not retry_rejected)
+        ):
+            result.unchanged += 1  # uploaded and unchanged: not read again
         else:
+            session_id = name[: -len(TRANSCRIPT_SUFFIX)]
             candidates.append(Generation(agent_id, str(database), session_id, rows, last_seq, zstd_column))
     for generation in candidates:
         sizes = sizes_uploaded_as_files(generation.session_id)

@@ -265,7 +265,8 @@ def _scan_database(
         found = openclaw_sqlite.scan(
             agent_id=agent.agent_id,
             database=openclaw_sqlite.database_path(agent.sessions_dir),
-            is_done=_done_check(agent_markers, retry_rejected=settings.retry_rejected, keys=("rows", "lastSeq")),
+            markers=agent_markers,
+            retry_rejected=settings.retry_rejected,
             sizes_uploaded_as_files=openclaw_sqlite.uploaded_file_sizes(agent_markers),
         )
     except openclaw_sqlite.DatabaseBusy as error:
@@ -356,17 +357,13 @@ def _copies_of_generations(
     return copies
 
 
-def _done_check(
-    agent_markers: dict[str, dict[str, Any]], *, retry_rejected: bool, keys: tuple[str, str] = ("size", "mtimeNs")
-) -> Callable[[str, int, int], bool]:
-    """Whether a file needs nothing: its marker has the same size and mtime (a generation: the
-    same row count and last seq) so it is not even read again, and says uploaded, or
-    rejected when rejected files are not being retried."""
-    first, second = keys
+def _done_check(agent_markers: dict[str, dict[str, Any]], *, retry_rejected: bool) -> Callable[[str, int, int], bool]:
+    """Whether a file needs nothing: its marker has the same size and mtime (so it is not even
+    read again) and says uploaded, or rejected when rejected files are not being retried."""
 
     def is_done(name: str, size: int, mtime_ns: int) -> bool:
         marker = agent_markers.get(name)
-        if marker is None or marker.get(first) != size or marker.get(second) != mtime_ns:
+        if marker is None or marker.get("size") != size or marker.get("mtimeNs") != mtime_ns:
             return False
         return marker.get("status") == "uploaded" or not retry_rejected
 
