@@ -350,9 +350,12 @@ def run_read(database: Path, work: Callable[[sqlite3.Connection], T]) -> T:
     for attempt in range(ATTEMPTS):
         if attempt:
             time.sleep(RETRY_PAUSE_SECONDS * 2 ** (attempt - 1))
-        wal_present = os.path.exists(f"{database}-wal")
-        before = None if wal_present else _identity(database)
-        query = "mode=ro&readonly_shm=1" if wal_present else "mode=ro&immutable=1"
+        before = _files(database)
+        _, wal_bytes, shm_present = before
+        # The file alone is complete without a WAL, or with an empty one and no index (as a
+        # read through the WAL that lost a race with the writer's close may leave behind).
+        alone = wal_bytes is None or (wal_bytes == 0 and not shm_present)
+        query = "mode=ro&immutable=1" if alone else "mode=ro&readonly_shm=1"
         try:
             connection = sqlite3.connect(
                 f"file:{_uri_path(database)}?{query}", uri=True, timeout=BUSY_TIMEOUT_SECONDS, isolation_level=None
@@ -373,7 +376,7 @@ def run_read(database: Path, work: Callable[[sqlite3.Connection], T]) -> T:
             continue
         finally:
             connection.close()
-        if before is not None and (os.path.exists(f"{database}-wal") or _identity(database) != before):
+        if alone and _files(database) != before:
             # A writer started while the file was read as immutable: the snapshot may be stale
             # or torn. Read again, through the WAL.
             problem = "the database changed while it was read"
@@ -382,12 +385,19 @@ def run_read(database: Path, work: Callable[[sqlite3.Connection], T]) -> T:
     raise DatabaseBusy(f"{database}: {problem}; tried {ATTEMPTS} times")
 
 
-def _identity(database: Path) -> tuple[int, int, int] | None:
-    try:
-        info = os.stat(database)
-    except OSError:
-        return None
-    return info.st_ino, info.st_size, info.st_mtime_ns
+def _files(database: Path) -> tuple[tuple[int, int, int] | None, int | None, bool]:
+    """The database file's identity (inode, size, mtime), its WAL's size (None: no WAL) and
+    whether its shared-memory index exists."""
+    identities: list[tuple[int, int, int] | None] = []
+    for path in (str(database), f"{database}-wal"):
+        try:
+            info = os.stat(path)
+        except OSError:
+            identities.append(None)
+        else:
+            identities.append((info.st_ino, info.st_size, info.st_mtime_ns))
+    main, wal = identities
+    return main, None if wal is None else wal[1], os.path.exists(f"{database}-shm")
 
 
 def _uri_path(database: Path) -> str:

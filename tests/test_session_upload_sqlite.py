@@ -198,6 +198,15 @@ def test_wal_left_by_a_killed_writer_is_read_without_recovering_or_writing_it(
     assert inbox(env) == tree.expected_uploads
 
 
+def test_an_empty_wal_without_its_index_is_read_as_the_complete_file(tree: SqliteTree, env: dict[str, str]) -> None:
+    (tree.database.parent / "openclaw-agent.sqlite-wal").write_bytes(b"")
+    before = snapshot(tree.root)
+    result = run_cli(COMMAND, env=env)
+    assert result.returncode == 0, result.stderr
+    assert snapshot(tree.root) == before
+    assert inbox(env) == tree.expected_uploads
+
+
 def test_a_generation_completes_when_its_key_moves_on_or_its_window_ends(tree: SqliteTree, env: dict[str, str]) -> None:
     assert run_cli(COMMAND, env=env).returncode == 0
     live = f"{tree.ids['live']}.jsonl"
