@@ -15,10 +15,14 @@ file, and creates ``-wal``/``-shm`` when they are missing. So:
 - with a ``-wal`` file present, the connection opens the ``-shm`` read-only too
   (``readonly_shm=1``): SQLite then reads the shared index without writing it, or builds a
   private one from the WAL when it cannot trust it;
-- with no ``-wal`` file (the writer closed and checkpointed everything), the database file is
-  complete by itself and is read as ``immutable=1``, which opens no side file; the read counts
-  only if no ``-wal`` appeared and the file did not change meanwhile, otherwise it is redone
-  the first way.
+- with no ``-wal`` file (the writer closed and checkpointed everything), or an empty one and
+  no ``-shm``, the database file is complete by itself and is read as ``immutable=1``, which
+  opens no side file; the read counts only if the three files did not change meanwhile,
+  otherwise it is redone the first way.
+
+One thing SQLite does on its own: if the writer closes (and removes its ``-wal``) in the
+instant between our look and our open, opening the WAL creates an empty one. That is harmless
+to OpenClaw and, by the second rule, to us.
 """
 
 from __future__ import annotations
