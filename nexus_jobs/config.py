@@ -28,6 +28,7 @@ JOB_ENTRY_KEYS = ("id", "type", "enabled", "intervalMinutes", "pingUrl", "config
 JOB_TYPES = {"session_upload": "nexus-session-upload", "webhook_pull": "nexus-webhook-pull"}
 
 DEFAULT_STORE_DIR_NAME = "nexus-store"
+AGENT_DATABASE_NAME = "openclaw-agent.sqlite"
 
 _TRUE_WORDS = {"1", "true", "yes", "on"}
 _FALSE_WORDS = {"0", "false", "no", "off"}
@@ -441,7 +442,7 @@ def openclaw_state_dir(loaded: LoadedConfig) -> Path:
 
 def resolve_agents(loaded: LoadedConfig) -> list[Agent]:
     """The agents of the config file, or, when it lists none, every agent found under
-    ``<OpenClaw state dir>/agents/*/sessions``."""
+    ``<OpenClaw state dir>/agents/`` with a ``sessions`` directory or an agent database."""
     root = openclaw_state_dir(loaded)
     configured = loaded.data.get("agents") or {}
     base = loaded.path.parent if loaded.path else Path.cwd()
@@ -463,10 +464,12 @@ def resolve_agents(loaded: LoadedConfig) -> list[Agent]:
         names = sorted(entry.name for entry in os.scandir(agents_dir) if entry.is_dir())
     except OSError:
         return []
+    # An agent has a sessions directory (JSONL storage) or, from OpenClaw 2026.7.2 on, only
+    # its database; either makes it an agent.
     return [
         Agent(agent_id=name, sessions_dir=agents_dir / name / "sessions", workspace=_default_workspace(root, name))
         for name in names
-        if (agents_dir / name / "sessions").is_dir()
+        if (agents_dir / name / "sessions").is_dir() or (agents_dir / name / "agent" / AGENT_DATABASE_NAME).is_file()
     ]
 
 

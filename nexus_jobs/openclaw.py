@@ -253,7 +253,12 @@ def read_bytes(transcript: Transcript, *, limit: int) -> bytes:
     descriptor = os.open(transcript.path, os.O_RDONLY | os.O_NOFOLLOW)
     with os.fdopen(descriptor, "rb") as handle:
         if not transcript.compressed:
-            return handle.read(limit)
+            # Read what the file holds (plus one byte, to notice growth) rather than a
+            # limit-sized buffer: concurrent 10 MB allocations would swell the process.
+            content = handle.read(min(limit, os.fstat(handle.fileno()).st_size + 1))
+            if len(content) < limit and (more := handle.read(limit - len(content))):
+                content += more
+            return content
         import zstandard  # imported here: only .zst archives need it
 
         try:

@@ -132,9 +132,16 @@ def test_agents_are_discovered_when_not_listed(tmp_path: Path) -> None:
     for agent in ("main", "ops"):
         (tmp_path / "oc" / "agents" / agent / "sessions").mkdir(parents=True)
     (tmp_path / "oc" / "agents" / "no-sessions").mkdir()
+    database_only = tmp_path / "oc" / "agents" / "sqlite-era" / "agent"
+    database_only.mkdir(parents=True)
+    (database_only / config.AGENT_DATABASE_NAME).write_bytes(b"")
     loaded = config.LoadedConfig(path=None, data={}, env={"OPENCLAW_STATE_DIR": str(tmp_path / "oc")})
     agents = config.resolve_agents(loaded)
-    assert [(a.agent_id, a.workspace.name) for a in agents] == [("main", "workspace"), ("ops", "workspace-ops")]
+    assert [(a.agent_id, a.workspace.name) for a in agents] == [
+        ("main", "workspace"),
+        ("ops", "workspace-ops"),
+        ("sqlite-era", "workspace-sqlite-era"),
+    ]
 
 
 def test_local_store_root() -> None:
