@@ -13,14 +13,15 @@ import argparse
 import codecs
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
-from . import cli, config, nexus_sessions, openclaw, openclaw_sqlite, state
+from . import cli, config, nexus_sessions, openclaw, openclaw_sqlite, state, upload_markers
 from .errors import EXIT_OK, EXIT_PARTIAL, EXIT_TEMPFAIL, EXIT_UNAVAILABLE, AuthError, UsageError
 from .nexus_sessions import ALREADY_STORED, CONFLICT, FAILED, REFUSED, REJECTED, STORED, Outcome, Upload
+from .upload_markers import Found
 
 if TYPE_CHECKING:
     import concurrent.futures
@@ -33,8 +34,6 @@ MARKERS_NAME = "markers"
 READ_CHUNK_BYTES = 1 << 20
 # A file we could not read: counted as failed and retried, but says nothing about the backend.
 UNREADABLE = "unreadable"
-# A transcript file, or a transcript generation of an agent database.
-Found = openclaw.Transcript | openclaw_sqlite.Generation
 
 log = logging.getLogger("nexus_jobs")
 
@@ -180,7 +179,7 @@ def upload_all(settings: Settings, *, dry_run: bool) -> cli.RunSummary:
                 sessions_dir=agent.sessions_dir,
                 grace_seconds=settings.grace_seconds,
                 now_ns=now_ns,
-                is_done=_done_check(agent_markers, retry_rejected=settings.retry_rejected),
+                is_done=upload_markers.done_check(agent_markers, retry_rejected=settings.retry_rejected),
             )
         except FileNotFoundError as error:
             if not database.found:
@@ -203,14 +202,15 @@ def upload_all(settings: Settings, *, dry_run: bool) -> cli.RunSummary:
         counts["waiting"] += found.live + found.locked + found.in_grace + found.without_index
         counts["unchanged"] += found.unchanged
         if database.found and found.complete:
-            copies = _copies_of_generations(found.complete, agent_markers, summary=summary, dry_run=dry_run)
+            copies = upload_markers.copies_of_generations(found.complete, agent_markers, dry_run=dry_run)
+            counts["unchanged"] += len(copies)
             if copies:
                 found.complete = [transcript for transcript in found.complete if transcript.name not in copies]
                 checkpoints.pending_changes += 1
         if (
             not dry_run
             and database.present is not None
-            and _prune(
+            and upload_markers.prune(
                 agent_markers, present=found.present | database.present, retention_seconds=settings.retention_seconds
             )
         ):
@@ -229,7 +229,7 @@ def upload_all(settings: Settings, *, dry_run: bool) -> cli.RunSummary:
             )
         finally:
             checkpoints.flush(document)
-    summary.standing = _standing(markers)
+    summary.standing = upload_markers.standing(markers)
     summary.details["store"] = _store_description(settings)
     _finish(summary, counts)
     if summary.exit_code == EXIT_OK and summary.details.get("databasesBusy"):
@@ -299,7 +299,7 @@ def _scan_database(
         log.info("%s: %d session(s) uploaded as JSONL files before the move to SQLite", where, len(found.adopted))
     if covered is None:
         return part
-    done = _done_check(agent_markers, retry_rejected=settings.retry_rejected)
+    done = upload_markers.done_check(agent_markers, retry_rejected=settings.retry_rejected)
     in_database = covered
 
     def is_covered(session_id: str, name: str) -> bool:
@@ -324,72 +324,6 @@ def _scan_database(
     return part
 
 
-def _copies_of_generations(
-    complete: list[openclaw.Transcript],
-    agent_markers: dict[str, dict[str, Any]],
-    *,
-    summary: cli.RunSummary,
-    dry_run: bool,
-) -> set[str]:
-    """Archives whose session's generation was uploaded from the database already, with the
-    same transcript size: OpenClaw wrote them when it deleted the session, a copy of what
-    was sent. They are marked uploaded instead of being sent again under their own name."""
-    copies = set()
-    for transcript in complete:
-        generation = agent_markers.get(transcript.session_id + openclaw.TRANSCRIPT_SUFFIX)
-        if (
-            transcript.archive_reason is None
-            or generation is None
-            or generation.get("status") != "uploaded"
-            or generation.get("bytes") is None
-            or generation["bytes"] != openclaw.transcript_size(transcript)
-        ):
-            continue
-        copies.add(transcript.name)
-        summary.counts["unchanged"] += 1
-        if not dry_run:
-            agent_markers[transcript.name] = {
-                **transcript.fingerprint(),
-                "status": "uploaded",
-                "response": f"a copy of {transcript.session_id}.jsonl, uploaded from the database before",
-                "at": state.isoformat(state.now_utc()),
-            }
-    return copies
-
-
-def _done_check(agent_markers: dict[str, dict[str, Any]], *, retry_rejected: bool) -> Callable[[str, int, int], bool]:
-    """Whether a file needs nothing: its marker has the same size and mtime (so it is not even
-    read again) and says uploaded, or rejected when rejected files are not being retried."""
-
-    def is_done(name: str, size: int, mtime_ns: int) -> bool:
-        marker = agent_markers.get(name)
-        if marker is None or marker.get("size") != size or marker.get("mtimeNs") != mtime_ns:
-            return False
-        return marker.get("status") == "uploaded" or not retry_rejected
-
-    return is_done
-
-
-def _prune(agent_markers: dict[str, dict[str, Any]], *, present: set[str], retention_seconds: float) -> bool:
-    """Forget markers of files gone for the retention period; True if anything changed."""
-    changed = False
-    now = time.time()
-    for name in list(agent_markers):
-        marker = agent_markers[name]
-        gone_since = marker.get("goneSince")
-        if name in present:
-            if gone_since is not None:
-                del marker["goneSince"]
-                changed = True
-        elif gone_since is None:
-            marker["goneSince"] = now
-            changed = True
-        elif now - gone_since >= retention_seconds:
-            del agent_markers[name]
-            changed = True
-    return changed
-
-
 def _upload(
     todo: list[tuple[Found, dict[str, Any] | None]],
     *,
@@ -410,7 +344,7 @@ def _upload(
     give_up_after = max(3, settings.concurrency)
     bar = cli.progress(total=len(todo), description="uploading", enabled=settings.show_progress)
     pending = iter(todo)
-    in_flight: dict[concurrent.futures.Future[tuple[Outcome, int]], tuple[Found, dict[str, Any] | None]] = {}
+    in_flight: dict[concurrent.futures.Future[Sent], tuple[Found, dict[str, Any] | None]] = {}
     refused: Outcome | None = None
     answered = 0  # answers from the backend, whatever they said
     with concurrent.futures.ThreadPoolExecutor(max_workers=settings.concurrency) as pool:
@@ -427,9 +361,10 @@ def _upload(
                 done, _ = concurrent.futures.wait(in_flight, return_when=concurrent.futures.FIRST_COMPLETED)
                 for future in done:
                     transcript, marker = in_flight.pop(future)
-                    outcome, size = future.result()
+                    sent = future.result()
+                    outcome = sent.outcome
                     bar.update()
-                    _record(outcome, transcript, marker, markers=markers, summary=summary, size=size)
+                    _record(sent, transcript, marker, markers=markers, summary=summary)
                     if outcome.kind == REFUSED:
                         refused = outcome
                     failures_in_a_row = failures_in_a_row + 1 if outcome.kind == FAILED else 0
@@ -463,12 +398,19 @@ def _open_store(settings: Settings) -> nexus_sessions.SessionStore:
     )
 
 
-def _send(transcript: Found, *, store: nexus_sessions.SessionStore, settings: Settings) -> tuple[Outcome, int]:
-    """The store's answer, and the size of the transcript sent (-1 when none was)."""
+class Sent(NamedTuple):
+    """The store's answer, and the sha256 and size of what was sent (None when nothing was)."""
+
+    outcome: Outcome
+    sha256: str | None = None
+    size: int | None = None
+
+
+def _send(transcript: Found, *, store: nexus_sessions.SessionStore, settings: Settings) -> Sent:
     prepared = read_transcript(transcript, max_bytes=settings.max_bytes)
     if isinstance(prepared, Outcome):
-        return prepared, -1
-    return store.upload(prepared), len(prepared.content)
+        return Sent(prepared)
+    return Sent(store.upload(prepared), prepared.sha256, len(prepared.content))
 
 
 def read_transcript(transcript: Found, *, max_bytes: int) -> Upload | Outcome:
@@ -527,20 +469,24 @@ def _utf8_problem(content: bytes) -> str | None:
 
 
 def _record(
-    outcome: Outcome,
+    sent: Sent,
     transcript: Found,
     marker: dict[str, Any] | None,
     *,
     markers: dict[str, dict[str, dict[str, Any]]],
     summary: cli.RunSummary,
-    size: int = -1,
 ) -> None:
+    outcome = sent.outcome
     where = f"{transcript.agent_id}/{transcript.name}"
     counts = summary.counts
     if outcome.kind in (STORED, ALREADY_STORED):
         if marker is not None and marker.get("status") == "uploaded":
             counts["reuploaded"] += 1
-            log.warning("%s changed after it was uploaded (%s); uploaded again", where, _change(marker, transcript))
+            log.warning(
+                "%s changed after it was uploaded (%s); uploaded again",
+                where,
+                upload_markers.describe_change(marker, transcript),
+            )
         else:
             counts["uploaded" if outcome.kind == STORED else "alreadyStored"] += 1
             log.info("%s: %s", where, outcome.detail)
@@ -560,32 +506,13 @@ def _record(
             summary.failures.append(f"{where}: upload failed: {outcome.detail}")
             log.error("%s", summary.failures[-1])
         return
-    markers.setdefault(transcript.agent_id, {})[transcript.name] = {
-        **transcript.fingerprint(),
-        "status": status,
-        "response": outcome.detail if outcome.http_status is None else f"{outcome.http_status} {outcome.detail}",
-        "at": state.isoformat(state.now_utc()),
-    }
-    if isinstance(transcript, openclaw_sqlite.Generation) and size >= 0:
-        # So the archive OpenClaw writes when the session is deleted is known as a copy.
-        markers[transcript.agent_id][transcript.name]["bytes"] = size
-
-
-def _change(marker: dict[str, Any], transcript: Found) -> str:
-    if isinstance(transcript, openclaw_sqlite.Generation):
-        if "rows" in marker:
-            return f"{marker['rows']} -> {transcript.rows} events"
-        return f"a {marker.get('size')} byte file before the move to SQLite, now {transcript.rows} events"
-    return f"{marker.get('size')} -> {transcript.size} bytes"
-
-
-def _standing(markers: dict[str, dict[str, dict[str, Any]]]) -> dict[str, int]:
-    standing = {"uploaded": 0, "rejected": 0, "conflict": 0}
-    for agent_markers in markers.values():
-        for marker in agent_markers.values():
-            if marker.get("status") in standing and "goneSince" not in marker:
-                standing[marker["status"]] += 1
-    return {"uploaded": standing["uploaded"], "rejected": standing["rejected"], "conflicts": standing["conflict"]}
+    markers.setdefault(transcript.agent_id, {})[transcript.name] = upload_markers.new_marker(
+        transcript,
+        status=status,
+        response=outcome.detail if outcome.http_status is None else f"{outcome.http_status} {outcome.detail}",
+        sha256=sent.sha256,
+        sent_bytes=sent.size,
+    )
 
 
 def _store_description(settings: Settings) -> str:

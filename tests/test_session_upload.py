@@ -272,8 +272,10 @@ def test_state_files_are_private_and_versioned(tree: Tree, env: dict[str, str]) 
     for path in state_dir.glob("session-upload*.json"):
         assert stat.S_IMODE(path.stat().st_mode) == 0o600, path
         assert json.loads(path.read_text())["version"] == 1
-    marker = markers(env)["main"][next(iter(tree.expected_uploads))]
-    assert {"size", "mtimeNs", "status", "response", "at"} <= set(marker)
+    name, content = next(iter(tree.expected_uploads.items()))
+    marker = markers(env)["main"][name if (tree.sessions_dir / name).exists() else name + ".zst"]
+    assert {"size", "mtimeNs", "status", "response", "at", "sha256"} <= set(marker)
+    assert marker["sha256"] == hashlib.sha256(content).hexdigest()
 
 
 def test_corrupt_state_file_is_moved_aside_and_the_run_goes_on(
