@@ -1,26 +1,25 @@
 """``nexus-session-upload``: upload every completed OpenClaw session transcript to Nexus once.
 
-One run: load settings -> for each agent, scan its sessions directory (:mod:`openclaw`) and
-its SQLite database (:mod:`openclaw_sqlite`), either or both -> skip what the markers say is
-done -> read, check and upload the rest concurrently over keep-alive connections
-(:mod:`nexus_sessions`) -> record a marker per answer, saved in checkpoints -> prune markers of
-files long gone -> summary and exit code.
+One run: load settings -> for each agent, find its transcripts (:mod:`transcripts`: the JSONL
+files and the SQLite database, either or both) -> skip what the markers say is done
+(:mod:`upload_markers`) -> read, check and upload the rest concurrently over keep-alive
+connections (:mod:`nexus_sessions`) -> record a marker per answer, saved in checkpoints ->
+prune markers of files long gone -> summary and exit code.
 """
 
 from __future__ import annotations
 
 import argparse
-import codecs
 import logging
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
 
-from . import cli, config, nexus_sessions, openclaw, openclaw_sqlite, state, upload_markers
+from . import cli, config, nexus_sessions, openclaw, state, transcripts, upload_markers
 from .errors import EXIT_OK, EXIT_PARTIAL, EXIT_TEMPFAIL, EXIT_UNAVAILABLE, AuthError, UsageError
-from .nexus_sessions import ALREADY_STORED, CONFLICT, FAILED, REFUSED, REJECTED, STORED, Outcome, Upload
+from .nexus_sessions import ALREADY_STORED, CONFLICT, FAILED, REFUSED, REJECTED, STORED, Outcome
 from .upload_markers import Found
 
 if TYPE_CHECKING:
@@ -31,9 +30,6 @@ JOB_TYPE = "session_upload"
 DEFAULT_JOB_ID = "session-upload"
 SERVER_LIMIT_BYTES = 10_485_760
 MARKERS_NAME = "markers"
-READ_CHUNK_BYTES = 1 << 20
-# A file we could not read: counted as failed and retried, but says nothing about the backend.
-UNREADABLE = "unreadable"
 
 log = logging.getLogger("nexus_jobs")
 
@@ -169,7 +165,9 @@ def upload_all(settings: Settings, *, dry_run: bool) -> cli.RunSummary:
     now_ns = time.time_ns()
     for agent in settings.agents:
         agent_markers = markers.setdefault(agent.agent_id, {})
-        database = _scan_database(agent, agent_markers, settings=settings, summary=summary, dry_run=dry_run)
+        database = transcripts.scan_database(
+            agent, agent_markers, retry_rejected=settings.retry_rejected, summary=summary, dry_run=dry_run
+        )
         if database.markers_changed:
             checkpoints.pending_changes += 1
         todo.extend((item, agent_markers.get(item.name)) for item in database.complete)
@@ -237,93 +235,6 @@ def upload_all(settings: Settings, *, dry_run: bool) -> cli.RunSummary:
     return summary
 
 
-@dataclass
-class _DatabasePart:
-    found: bool = False
-    complete: list[openclaw_sqlite.Generation | openclaw.Transcript] = field(default_factory=list)
-    # Marker keys of everything listed; None when something could not be listed (no pruning).
-    present: set[str] | None = field(default_factory=set)
-    markers_changed: bool = False
-
-
-def _scan_database(
-    agent: config.Agent,
-    agent_markers: dict[str, dict[str, Any]],
-    *,
-    settings: Settings,
-    summary: cli.RunSummary,
-    dry_run: bool,
-) -> _DatabasePart:
-    """The agent's SQLite storage: complete generations of its database, and the transcripts
-    OpenClaw moved aside when it imported them (uploaded once, unless the database holds
-    their session: its generation is the whole transcript, uploaded when complete)."""
-    part = _DatabasePart()
-    counts = summary.counts
-    where = f"agent {agent.agent_id}"
-    covered: set[str] | None = set()  # <sessionId>.jsonl of what the database holds; None: cannot tell
-    try:
-        found = openclaw_sqlite.scan(
-            agent_id=agent.agent_id,
-            database=openclaw_sqlite.database_path(agent.sessions_dir),
-            markers=agent_markers,
-            retry_rejected=settings.retry_rejected,
-            sizes_uploaded_as_files=openclaw_sqlite.uploaded_file_sizes(agent_markers),
-        )
-    except openclaw_sqlite.DatabaseBusy as error:
-        log.warning("%s: %s; its database is skipped until the next run", where, error)
-        summary.details.setdefault("databasesBusy", []).append(agent.agent_id)
-        part.found, part.present = True, None
-        return part
-    except openclaw_sqlite.DatabaseUnreadable as error:
-        summary.failures.append(f"{where}: cannot read {error}")
-        log.error("%s", summary.failures[-1])
-        part.found, part.present = True, None
-        return part
-    for problem in found.problems:
-        (log.warning if found.usable else log.error)("%s: %s", where, problem)
-        if not found.usable:
-            summary.failures.append(f"{where}: {problem}")
-    part.found = found.found
-    if not found.usable:
-        part.present = covered = None
-    else:
-        covered = found.present
-        assert part.present is not None
-        part.present |= found.present
-    counts["waiting"] += found.live + found.undecided
-    counts["unchanged"] += found.unchanged + len(found.adopted)
-    part.complete.extend(found.complete)
-    if found.adopted and not dry_run:
-        openclaw_sqlite.adopt(found.adopted, agent_markers, at=state.isoformat(state.now_utc()))
-        part.markers_changed = True
-        log.info("%s: %d session(s) uploaded as JSONL files before the move to SQLite", where, len(found.adopted))
-    if covered is None:
-        return part
-    done = upload_markers.done_check(agent_markers, retry_rejected=settings.retry_rejected)
-    in_database = covered
-
-    def is_covered(session_id: str, name: str) -> bool:
-        if session_id + openclaw.TRANSCRIPT_SUFFIX in in_database:
-            return True
-        return agent_markers.get(name, {}).get("status") == "uploaded"
-
-    for directory in dict.fromkeys(openclaw_sqlite.import_archive_dirs(agent.sessions_dir)):
-        try:
-            moved = openclaw.scan_moved(
-                agent_id=agent.agent_id, directory=directory, is_done=done, is_covered=is_covered
-            )
-        except OSError as error:
-            summary.failures.append(f"{where}: cannot list {directory}: {error.strerror}")
-            log.error("%s", summary.failures[-1])
-            part.present = None
-            continue
-        counts["unchanged"] += moved.unchanged
-        part.complete.extend(moved.complete)
-        if part.present is not None:
-            part.present |= moved.present
-    return part
-
-
 def _upload(
     todo: list[tuple[Found, dict[str, Any] | None]],
     *,
@@ -368,7 +279,7 @@ def _upload(
                     if outcome.kind == REFUSED:
                         refused = outcome
                     failures_in_a_row = failures_in_a_row + 1 if outcome.kind == FAILED else 0
-                    answered += outcome.kind not in (FAILED, UNREADABLE)
+                    answered += outcome.kind not in (FAILED, transcripts.UNREADABLE)
                     checkpoints.changed(document)
         finally:
             bar.close()
@@ -407,65 +318,10 @@ class Sent(NamedTuple):
 
 
 def _send(transcript: Found, *, store: nexus_sessions.SessionStore, settings: Settings) -> Sent:
-    prepared = read_transcript(transcript, max_bytes=settings.max_bytes)
+    prepared = transcripts.read_transcript(transcript, max_bytes=settings.max_bytes)
     if isinstance(prepared, Outcome):
         return Sent(prepared)
     return Sent(store.upload(prepared), prepared.sha256, len(prepared.content))
-
-
-def read_transcript(transcript: Found, *, max_bytes: int) -> Upload | Outcome:
-    """The file's bytes (a ``.zst`` archive decompressed) or the generation's events, checked
-    the way the server would check them: at most ``max_bytes``, UTF-8. A failed check is a
-    local rejection."""
-    content = _read(transcript, limit=max_bytes + 1)
-    if isinstance(content, Outcome):
-        return content
-    if len(content) > max_bytes:
-        return Outcome(REJECTED, f"larger than the limit of {max_bytes} bytes; not sent")
-    problem = _utf8_problem(content)
-    if problem:
-        return Outcome(REJECTED, problem)
-    import hashlib  # imported here: loading OpenSSL costs a not-due run ms
-
-    return Upload(
-        agent_id=transcript.agent_id,
-        session_id=transcript.session_id,
-        file_name=transcript.upload_name,
-        archive_reason=transcript.archive_reason,
-        content=content,
-        sha256=hashlib.sha256(content).hexdigest(),
-    )
-
-
-def _read(transcript: Found, *, limit: int) -> bytes | Outcome:
-    if isinstance(transcript, openclaw_sqlite.Generation):
-        try:
-            return openclaw_sqlite.read_generation(transcript, limit=limit)
-        except (openclaw_sqlite.DatabaseBusy, openclaw_sqlite.DatabaseUnreadable) as error:
-            return Outcome(UNREADABLE, f"cannot read it: {error} (will retry next run)")
-        except ValueError as error:
-            return Outcome(REJECTED, str(error))
-    if transcript.is_symlink:
-        return Outcome(REJECTED, "is a symbolic link; not followed (transcripts are regular files)")
-    if not transcript.is_regular:
-        return Outcome(REJECTED, "not a regular file")
-    try:
-        return openclaw.read_bytes(transcript, limit=limit)
-    except OSError as error:
-        return Outcome(UNREADABLE, f"cannot read it: {error.strerror} (will retry next run)")
-    except ValueError as error:
-        return Outcome(REJECTED, str(error))
-
-
-def _utf8_problem(content: bytes) -> str | None:
-    # Checked in chunks so a large transcript never exists as one big str.
-    decoder = codecs.getincrementaldecoder("utf-8")()
-    for start in range(0, len(content), READ_CHUNK_BYTES):
-        try:
-            decoder.decode(content[start : start + READ_CHUNK_BYTES], final=start + READ_CHUNK_BYTES >= len(content))
-        except UnicodeDecodeError as error:
-            return f"not UTF-8 text (invalid byte at offset {start + error.start}); not sent"
-    return None
 
 
 def _record(
@@ -501,7 +357,7 @@ def _record(
         log.error("%s", summary.failures[-1])
         status = "conflict"
     else:
-        if outcome.kind in (FAILED, UNREADABLE):
+        if outcome.kind in (FAILED, transcripts.UNREADABLE):
             counts["failed"] += 1
             summary.failures.append(f"{where}: upload failed: {outcome.detail}")
             log.error("%s", summary.failures[-1])
