@@ -330,6 +330,12 @@ def job_entries(loaded: LoadedConfig) -> list[JobEntry]:
     ]
 
 
+def scheduled_jobs(loaded: LoadedConfig) -> list[JobEntry]:
+    """The jobs ``nexus-jobs`` shows and runs: those of the config file, or the default
+    session-upload job when it lists none."""
+    return job_entries(loaded) or [JobEntry(job_id="session-upload", job_type="session_upload")]
+
+
 def select_job(loaded: LoadedConfig, *, job_type: str, job_id: str | None, default_id: str) -> JobEntry:
     """The job a console script runs: the entry named by ``--job-id``, else the first entry
     of its type, else a default entry (so a missing config file still works)."""

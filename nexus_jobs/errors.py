@@ -15,6 +15,25 @@ EXIT_TEMPFAIL = 75
 EXIT_NOPERM = 77
 EXIT_CONFIG = 78
 
+# From mildest to worst, to report the worst of several results: another run already going
+# (75) is the mildest failure, a bug (70) the worst.
+_SEVERITY = (
+    EXIT_OK,
+    EXIT_TEMPFAIL,
+    EXIT_PARTIAL,
+    EXIT_UNAVAILABLE,
+    EXIT_NOPERM,
+    EXIT_CONFIG,
+    EXIT_USAGE,
+    EXIT_SOFTWARE,
+)
+
+
+def worst_exit_code(codes: list[int]) -> int:
+    """The most severe of ``codes`` (0 when there are none); unknown codes count as worst."""
+    rank = {code: position for position, code in enumerate(_SEVERITY)}
+    return max(codes, key=lambda code: rank.get(code, len(_SEVERITY)), default=EXIT_OK)
+
 
 class JobError(Exception):
     """A failure that ends the run with a documented exit code."""

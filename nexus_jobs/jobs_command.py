@@ -4,8 +4,7 @@
   counts, dead letters, lock held), from the run records in the state directory.
 - ``run-due``: every enabled job that is due runs once, as its own console script (so each
   takes its own lock and keeps its own exit code); one crontab line serves them all.
-- ``check-config``: config, each job's options, environment, state directory, and that each
-  backend answers, one line per check. Read-only: only GET requests, nothing is created.
+- ``check-config``: see :mod:`jobs_checks`.
 
 This is the top layer: it may import the job modules, for their option lists.
 """
@@ -18,19 +17,16 @@ import shutil
 import subprocess
 import sys
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from . import __version__, cli, config, state
+from . import __version__, cli, config, jobs_checks, state
 from .config import JobEntry
-from .errors import EXIT_CONFIG, EXIT_OK, EXIT_SOFTWARE, EXIT_UNAVAILABLE, ConfigError, JobError
+from .errors import EXIT_OK, EXIT_SOFTWARE, ConfigError, worst_exit_code
 
 PROG = "nexus-jobs"
-DEFAULT_JOB = JobEntry(job_id="session-upload", job_type="session_upload")
 # How bad an exit code is, for run-due's overall result: a skipped overlapping run (75) is
 # the mildest failure; a usage or internal error the worst.
-_SEVERITY = {0: 0, 75: 1, 1: 2, 69: 3, 77: 4, 78: 5, 2: 6, 70: 7}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -55,20 +51,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 def run(args: argparse.Namespace) -> int:
     if args.command == "check-config":
-        return check_config(args)
+        return jobs_checks.check_config(args)
     loaded = config.load(config_flag=args.config, env_file_flag=args.env_file)
     state_dir = config.resolve_state_dir(flag=args.state_dir, loaded=loaded)
     if args.command == "status":
         return show_status(loaded, state_dir, as_json=args.json)
     return run_due(loaded, state_dir, args)
-
-
-def configured_jobs(loaded: config.LoadedConfig) -> list[JobEntry]:
-    """Every job of the config file; when it lists none, the default session-upload job."""
-    return config.job_entries(loaded) or [DEFAULT_JOB]
-
-
-# ---------------------------------------------------------------- status
 
 
 def job_status(entry: JobEntry, state_dir: Path) -> dict[str, Any]:
@@ -115,7 +103,7 @@ def _dead_letter_count(state_dir: Path, job_id: str) -> int:
 
 
 def show_status(loaded: config.LoadedConfig, state_dir: Path, *, as_json: bool) -> int:
-    rows = [job_status(entry, state_dir) for entry in configured_jobs(loaded)]
+    rows = [job_status(entry, state_dir) for entry in config.scheduled_jobs(loaded)]
     if as_json:
         cli.print_json({"config": str(loaded.path) if loaded.path else None, "stateDir": str(state_dir), "jobs": rows})
         return EXIT_OK
@@ -172,7 +160,7 @@ def _short_time(text: str | None) -> str:
 def run_due(loaded: config.LoadedConfig, state_dir: Path, args: argparse.Namespace) -> int:
     """Each due job as a subprocess, one after the other; the result is the worst exit code."""
     results: list[dict[str, Any]] = []
-    for entry in configured_jobs(loaded):
+    for entry in config.scheduled_jobs(loaded):
         status = job_status(entry, state_dir)
         if not entry.enabled or not status["due"]:
             reason = "disabled" if not entry.enabled else f"not due until {status['nextDue']}"
@@ -188,7 +176,7 @@ def run_due(loaded: config.LoadedConfig, state_dir: Path, args: argparse.Namespa
         results.append(
             {"job": entry.job_id, "ran": True, "outcome": cli.OUTCOMES.get(code, "failure"), "exitCode": code}
         )
-    worst = max((result["exitCode"] for result in results), key=lambda code: _SEVERITY.get(code, 8), default=EXIT_OK)
+    worst = worst_exit_code([result["exitCode"] for result in results])
     if args.json:
         cli.print_json({"jobs": results, "exitCode": worst, "outcome": cli.OUTCOMES.get(worst, "failure")})
     return worst
@@ -196,7 +184,7 @@ def run_due(loaded: config.LoadedConfig, state_dir: Path, args: argparse.Namespa
 
 def _run_job(entry: JobEntry, *, loaded: config.LoadedConfig, state_dir: Path, args: argparse.Namespace) -> int:
     argv = [_script(config.JOB_TYPES[entry.job_type]), "--state-dir", str(state_dir)]
-    if entry is not DEFAULT_JOB:
+    if entry.key_path:
         argv += ["--job-id", entry.job_id]
     if loaded.path is not None:
         argv += ["--config", str(loaded.path)]
@@ -221,223 +209,3 @@ def _script(name: str) -> str:
 
 
 # ---------------------------------------------------------------- check-config
-
-
-@dataclass(frozen=True)
-class Check:
-    status: str  # "ok", "warn" (worth a look, not a failure) or "FAIL"
-    name: str
-    detail: str
-    exit_code: int = EXIT_OK
-
-
-def check_config(args: argparse.Namespace) -> int:
-    checks = list(_all_checks(args))
-    failed = [check for check in checks if check.status == "FAIL"]
-    if args.json:
-        cli.print_json(
-            {"ok": not failed, "checks": [{"status": c.status, "check": c.name, "detail": c.detail} for c in checks]}
-        )
-    else:
-        for check in checks:
-            print(cli.redact(f"{check.status:<4}  {check.name}: {check.detail}"))
-    if not failed:
-        return EXIT_OK
-    return max((check.exit_code for check in failed), key=lambda code: _SEVERITY.get(code, 8))
-
-
-def _all_checks(args: argparse.Namespace) -> Any:
-    try:
-        loaded = config.load(config_flag=args.config, env_file_flag=args.env_file)
-    except ConfigError as error:
-        for problem in error.problems:
-            yield Check("FAIL", "config", problem, EXIT_CONFIG)
-        return
-    entries = configured_jobs(loaded)
-    yield Check(
-        "ok",
-        "config",
-        f"{loaded.path} ({len(config.job_entries(loaded))} job(s))"
-        if loaded.path
-        else "no config file found; defaults apply (default job: session-upload)",
-    )
-    yield _check_env_file(loaded)
-    nexus: dict[str, Any] | None = None
-    try:
-        nexus = config.resolve(
-            config.NEXUS_OPTIONS, loaded=loaded, section=loaded.data, section_path="", flags={}, strict=False
-        )
-    except ConfigError as error:
-        for problem in error.problems:
-            yield Check("FAIL", "nexus settings", problem, EXIT_CONFIG)
-    if nexus is not None:
-        cli.register_secret(nexus["nexus.apiKey"])
-    job_options: dict[str, dict[str, Any]] = {}
-    for entry in entries:
-        try:
-            job_options[entry.job_id] = _job_options(loaded, entry)
-            state_of = "enabled" if entry.enabled else "disabled"
-            every = f"every {entry.interval_minutes:g} min" if entry.interval_minutes else "every run"
-            yield Check("ok", f"job {entry.job_id}", f"{entry.job_type}, {state_of}, {every}; options valid")
-        except ConfigError as error:
-            for problem in error.problems:
-                yield Check("FAIL", f"job {entry.job_id}", problem, EXIT_CONFIG)
-    try:
-        state_dir = config.resolve_state_dir(flag=args.state_dir, loaded=loaded)
-        yield _check_state_dir(state_dir)
-    except ConfigError as error:
-        yield Check("FAIL", "state directory", str(error), EXIT_CONFIG)
-        return
-    yield from _check_agents(loaded, entries)
-    if nexus is not None:
-        yield _check_nexus(nexus, loaded=loaded, state_dir=state_dir, entries=entries)
-    for entry in entries:
-        options = job_options.get(entry.job_id)
-        if entry.job_type == "webhook_pull" and options is not None:
-            yield from _check_delivery(entry, options)
-        if entry.ping_url:
-            # A GET would count as a ping at healthchecks.io: only the form is checked.
-            yield Check("ok", f"job {entry.job_id} pingUrl", "set (not contacted: any request would count as a ping)")
-
-
-def _job_options(loaded: config.LoadedConfig, entry: JobEntry) -> dict[str, Any]:
-    if entry.job_type == "webhook_pull":
-        from . import webhook_pull
-
-        return webhook_pull.resolve_job_options(loaded, entry, {})
-    from . import session_upload
-
-    where = f"{entry.key_path}.config" if entry.key_path else "config"
-    return config.resolve(session_upload.OPTIONS, loaded=loaded, section=entry.config, section_path=where, flags={})
-
-
-def _check_env_file(loaded: config.LoadedConfig) -> Check:
-    path = loaded.env_file
-    if path is None or not path.exists():
-        return Check("ok", "env file", f"none at {path}; settings come from the environment")
-    mode = path.stat().st_mode & 0o777
-    if mode & 0o077:
-        return Check("warn", "env file", f"{path} is readable by other users (mode {mode:o}); run chmod 600 on it")
-    return Check("ok", "env file", f"{path} (mode {mode:o})")
-
-
-def _check_state_dir(state_dir: Path) -> Check:
-    if state_dir.is_dir():
-        if not os.access(state_dir, os.W_OK | os.X_OK):
-            return Check("FAIL", "state directory", f"{state_dir} is not writable by this user", EXIT_CONFIG)
-        mode = state_dir.stat().st_mode & 0o777
-        if mode & 0o077:
-            return Check("warn", "state directory", f"{state_dir} is open to other users (mode {mode:o}); chmod 700")
-        return Check("ok", "state directory", f"{state_dir} (writable, mode {mode:o})")
-    if state_dir.exists():
-        return Check("FAIL", "state directory", f"{state_dir} exists but is not a directory", EXIT_CONFIG)
-    parent = state_dir
-    while not parent.exists() and parent != parent.parent:
-        parent = parent.parent
-    if parent.is_dir() and os.access(parent, os.W_OK | os.X_OK):
-        return Check("ok", "state directory", f"{state_dir} does not exist yet; the first run creates it")
-    return Check("FAIL", "state directory", f"{state_dir} does not exist and {parent} is not writable", EXIT_CONFIG)
-
-
-def _check_agents(loaded: config.LoadedConfig, entries: list[JobEntry]) -> Any:
-    agents = config.resolve_agents(loaded)
-    if not agents:
-        where = config.openclaw_state_dir(loaded) / "agents"
-        yield Check("FAIL", "agents", f"none configured and none found under {where}", EXIT_CONFIG)
-        return
-    types = {entry.job_type for entry in entries}
-    for agent in agents:
-        missing = []
-        if "session_upload" in types and not agent.sessions_dir.is_dir():
-            missing.append(f"sessions folder {agent.sessions_dir}")
-        if "webhook_pull" in types and not agent.workspace.is_dir():
-            missing.append(f"workspace {agent.workspace}")
-        if missing:
-            yield Check("warn", f"agent {agent.agent_id}", "missing " + " and ".join(missing))
-        else:
-            yield Check("ok", f"agent {agent.agent_id}", f"sessions {agent.sessions_dir}, workspace {agent.workspace}")
-
-
-def _check_nexus(
-    nexus: dict[str, Any], *, loaded: config.LoadedConfig, state_dir: Path, entries: list[JobEntry]
-) -> Check:
-    from . import nexus_webhooks
-
-    endpoint = nexus["nexus.endpoint"]
-    try:
-        local_root = config.local_store_root(endpoint, state_dir=state_dir)
-    except ConfigError as error:
-        return Check("FAIL", "nexus backend", str(error), EXIT_CONFIG)
-    if local_root is None and not nexus["nexus.apiKey"]:
-        return Check("FAIL", "nexus backend", f"{endpoint} needs an API key: set NEXUS_API_KEY", EXIT_CONFIG)
-    store = nexus_webhooks.open_store(
-        endpoint=endpoint,
-        local_root=local_root,
-        api_key=nexus["nexus.apiKey"],
-        auth_mode=nexus["nexus.authMode"],
-        timeout_seconds=min(nexus["nexus.timeoutSeconds"], 15.0),
-        retries=0,
-    )
-    agents = config.resolve_agents(loaded)
-    try:
-        if isinstance(store, nexus_webhooks.HttpWebhookStore) and all(e.job_type != "webhook_pull" for e in entries):
-            return _check_sessions_api(store)
-        # A read-only GET of one pending item proves reachability and the key at once.
-        return Check("ok", "nexus backend", store.probe(agents[0].agent_id if agents else "main"))
-    except JobError as error:
-        return Check("FAIL", "nexus backend", str(error), error.exit_code)
-    finally:
-        store.close()
-
-
-def _check_sessions_api(store: Any) -> Check:
-    """Without a webhook job the backend may serve only ``POST /sessions``: a HEAD of that
-    route (never a POST) shows it answers; any answer but 401/403 or a 5xx will do."""
-    import requests
-
-    from . import http
-
-    try:
-        response = store.session.head(
-            store.base + "/sessions", params=store.params, headers=store.headers, timeout=store.timeout
-        )
-        response.close()
-    except requests.RequestException as error:
-        return Check("FAIL", "nexus backend", f"Nexus at {store.location}: {http.describe_error(error)}", 69)
-    if response.status_code in (401, 403):
-        detail = f"Nexus refused the API key ({response.status_code}); check NEXUS_API_KEY and nexus.authMode"
-        return Check("FAIL", "nexus backend", detail, 77)
-    if response.status_code >= 500:
-        return Check("FAIL", "nexus backend", f"Nexus at {store.location} answered {response.status_code}", 69)
-    return Check("ok", "nexus backend", f"Nexus sessions API at {store.location} answers (HTTP {response.status_code})")
-
-
-def _check_delivery(entry: JobEntry, options: dict[str, Any]) -> Any:
-    name = f"job {entry.job_id} delivery"
-    if "hook" in options["delivery"]:
-        yield _check_gateway(name, options["gatewayUrl"])
-    if "command" in options["delivery"]:
-        program = options["command"][0]
-        found = shutil.which(program)
-        if found:
-            yield Check("ok", name, f"command {program} found at {found}")
-        else:
-            yield Check("FAIL", name, f"command {program!r} not found or not executable", EXIT_CONFIG)
-
-
-def _check_gateway(name: str, gateway_url: str) -> Check:
-    import requests
-
-    from . import http
-
-    session = http.make_session(retries=0)
-    try:
-        # Any HTTP answer proves the Gateway listens; nothing is posted.
-        response = session.get(gateway_url.rstrip("/") + "/", timeout=(5.0, 10.0), allow_redirects=False)
-        response.close()
-        return Check("ok", name, f"OpenClaw Gateway at {gateway_url} answers (HTTP {response.status_code})")
-    except requests.RequestException as error:
-        detail = f"OpenClaw Gateway at {gateway_url}: {http.describe_error(error)}"
-        return Check("FAIL", name, detail, EXIT_UNAVAILABLE)
-    finally:
-        session.close()

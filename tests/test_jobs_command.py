@@ -355,3 +355,36 @@ def test_check_config_without_a_webhook_job_only_heads_the_sessions_api(
     install.env["NEXUS_API_KEY"] = "not-the-key-123"
     result = install.jobs("check-config")
     assert result.returncode == 77 and "not-the-key-123" not in result.stdout + result.stderr
+
+
+def test_check_config_reaches_the_worker_backends(
+    install: Install, redis_server: Any, mosquitto: Any, gateway: GatewayDouble
+) -> None:
+    install.write([webhook_job("wh")])
+    install.env.update(
+        BSNEXUS_SERVER_URL=gateway.url,
+        BSNEXUS_REDIS_URL=redis_server.url,
+        MQTT_URL=f"mqtt://worker:s3cret-broker-pw@127.0.0.1:{mosquitto.port}",
+    )
+    result = install.jobs("check-config")
+    assert result.returncode == 0, result.stdout + result.stderr
+    lines = check_lines(result)
+    assert any(line.startswith("bsnexus server: BSNexus backend at") for line in lines["ok"])
+    assert any(line.startswith("bsnexus redis: Redis at") and "PING" in line for line in lines["ok"])
+    assert any(line.startswith("mqtt broker:") for line in lines["ok"])
+    assert "s3cret-broker-pw" not in result.stdout + result.stderr
+    assert gateway.made("POST", "/hooks/agent") == []
+
+
+def test_check_config_unreachable_worker_backends_fail_with_69(install: Install) -> None:
+    install.write([webhook_job("wh")])
+    install.env.update(
+        BSNEXUS_SERVER_URL=f"http://127.0.0.1:{free_port()}",
+        BSNEXUS_REDIS_URL=f"redis://127.0.0.1:{free_port()}",
+        MQTT_URL=f"mqtt://127.0.0.1:{free_port()}",
+    )
+    result = install.jobs("check-config")
+    assert result.returncode == 69, result.stdout + result.stderr
+    failed = check_lines(result)["FAIL"]
+    assert {line.split(":")[0] for line in failed} == {"bsnexus server", "bsnexus redis", "mqtt broker"}
+    assert "Traceback" not in result.stdout + result.stderr
