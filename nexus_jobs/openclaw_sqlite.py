@@ -139,8 +139,7 @@ def scan(
     """Classify the generations of ``database`` (a missing file, or one without session
     tables, is no session database: ``found`` stays False). Generations whose marker has
     their fingerprint and says uploaded (or rejected, unless ``retry_rejected``) are only
-    counted. A complete
-    generation whose session was uploaded as a JSONL file before the move
+    counted. A complete generation whose session was uploaded as a JSONL file before the move
     (``sizes_uploaded_as_files(session_id)`` holds that file's size) is adopted, not uploaded
     again, when its transcript has the same size. Raises :class:`DatabaseBusy` or
     :class:`DatabaseUnreadable`."""

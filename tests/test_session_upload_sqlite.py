@@ -32,7 +32,7 @@ from tests.openclaw_tree import (
     transcript,
     transcript_lines,
 )
-from tests.test_session_upload import markers, snapshot
+from tests.test_session_upload import http_env, markers, snapshot
 
 COMMAND = "nexus-session-upload"
 
@@ -122,10 +122,6 @@ def writers() -> Iterator[list[Writer]]:
         if writer.process.poll() is None:
             writer.process.kill()
             writer.process.wait()
-
-
-def http_env(env: dict[str, str], nexus: NexusDouble, **extra: str) -> dict[str, str]:
-    return {**env, "NEXUS_ENDPOINT": nexus.url, "NEXUS_API_KEY": nexus.api_key, **extra}
 
 
 def inbox(env: dict[str, str], agent_id: str = "main") -> dict[str, bytes]:
