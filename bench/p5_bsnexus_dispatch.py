@@ -101,7 +101,7 @@ def run_baseline(redis_url: str, count: int) -> float:
     started = time.perf_counter()
     done = 0
     while done < count:
-        reply = client.xreadgroup("workers", "baseline", {"tasks:queue": ">"}, count=1, block=500)
+        reply: Any = client.xreadgroup("workers", "baseline", {"tasks:queue": ">"}, count=1, block=500)
         for _stream, entries in reply or []:
             for message_id, fields in entries:
                 client.xadd(

@@ -262,7 +262,7 @@ class WorkerSetup:
             timeout_seconds=timeout_seconds,
         )
 
-    def register(self, url: str, redis_url: str, *extra: str, **extra_env: str) -> Any:
+    def register(self, url: str, redis_url: str, *extra: str, **extra_env: Any) -> Any:
         result = self.cli(
             "register", "--url", url, "--token", REGISTRATION_TOKEN, "--redis-url", redis_url, *extra, **extra_env
         )

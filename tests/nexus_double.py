@@ -102,7 +102,7 @@ class _Handler(BaseHTTPRequestHandler):
         if isinstance(fault, tuple) and fault[0] == "status":
             return fault[1], {"error": "scripted"}, {"Retry-After": str(fault[2])}
         query = parse_qs(urlsplit(self.path).query)
-        key = self.headers.get("x-functions-key") or (query.get("code") or [None])[0]
+        key = self.headers.get("x-functions-key") or (query.get("code") or [""])[0]
         if key != double.api_key:
             return 401, {"error": "Unauthorized"}, {}
         if urlsplit(self.path).path != "/sessions":

@@ -15,6 +15,7 @@ import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import zstandard
 
@@ -234,7 +235,7 @@ def append_events(
     for offset, line in enumerate(lines):
         if offset in compressed:
             blob = zstandard.ZstdCompressor().compress(line.encode())
-            row = (session_id, last + offset + 1, None, NOW_MS, blob, len(line.encode()))
+            row: tuple[Any, ...] = (session_id, last + offset + 1, None, NOW_MS, blob, len(line.encode()))
         else:
             row = (session_id, last + offset + 1, line, NOW_MS, None, None)
         connection.execute(

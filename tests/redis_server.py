@@ -104,7 +104,7 @@ class RedisServer:
         time.sleep(down_seconds)
         self.start()
 
-    def client(self):  # type: ignore[no-untyped-def]
+    def client(self):
         import redis
 
         return redis.Redis(host=self.host, port=self.port, decode_responses=True)

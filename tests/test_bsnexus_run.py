@@ -3,6 +3,7 @@ bad input, executors, stopping, and secrets."""
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import signal
@@ -209,7 +210,7 @@ def test_timeout_kills_the_process_group(
     (call,) = worker_setup.claude_calls()
     grandchild = int(Path(str(worker_setup.claude_log) + ".grandchild").read_text())
     for pid in (call["pid"], grandchild):  # the whole process group is gone
-        wait_until(lambda pid=pid: _gone(pid), what=f"process {pid} to be killed")
+        wait_until(functools.partial(_gone, pid), what=f"process {pid} to be killed")
 
 
 def _gone(pid: int) -> bool:

@@ -8,8 +8,11 @@ from pathlib import Path
 
 import pytest
 
-from nexus_jobs import config, session_upload
-from nexus_jobs.errors import ConfigError
+from nexus_jobs.core import config
+from nexus_jobs.core.errors import ConfigError
+from nexus_jobs.nexus import settings as nexus_settings
+from nexus_jobs.openclaw import agents as openclaw_agents
+from nexus_jobs.session_upload import command as session_upload
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -39,7 +42,7 @@ def test_discovery_order(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Non
 def test_precedence_flag_env_dotenv_file_default(tmp_path: Path) -> None:
     path = write(tmp_path / "config.json", {"nexus": {"endpoint": "https://from-file", "retries": 2}})
     (tmp_path / ".env").write_text("NEXUS_ENDPOINT=https://from-dotenv\nNEXUS_TIMEOUT_SECONDS=5\n")
-    options = config.NEXUS_OPTIONS
+    options = nexus_settings.OPTIONS
 
     def resolve(environ: dict[str, str], flags: dict[str, object]) -> dict[str, object]:
         loaded = config.load(config_flag=str(path), environ=environ)
@@ -134,9 +137,9 @@ def test_agents_are_discovered_when_not_listed(tmp_path: Path) -> None:
     (tmp_path / "oc" / "agents" / "no-sessions").mkdir()
     database_only = tmp_path / "oc" / "agents" / "sqlite-era" / "agent"
     database_only.mkdir(parents=True)
-    (database_only / config.AGENT_DATABASE_NAME).write_bytes(b"")
+    (database_only / openclaw_agents.DATABASE_NAME).write_bytes(b"")
     loaded = config.LoadedConfig(path=None, data={}, env={"OPENCLAW_STATE_DIR": str(tmp_path / "oc")})
-    agents = config.resolve_agents(loaded)
+    agents = openclaw_agents.resolve_agents(loaded)
     assert [(a.agent_id, a.workspace.name) for a in agents] == [
         ("main", "workspace"),
         ("ops", "workspace-ops"),
@@ -146,11 +149,11 @@ def test_agents_are_discovered_when_not_listed(tmp_path: Path) -> None:
 
 def test_local_store_root() -> None:
     state_dir = Path("/s")
-    assert config.local_store_root("", state_dir=state_dir) == Path("/s/nexus-store")
-    assert config.local_store_root("file:///srv/store", state_dir=state_dir) == Path("/srv/store")
-    assert config.local_store_root("https://x/api", state_dir=state_dir) is None
+    assert nexus_settings.local_store_root("", state_dir=state_dir) == Path("/s/nexus-store")
+    assert nexus_settings.local_store_root("file:///srv/store", state_dir=state_dir) == Path("/srv/store")
+    assert nexus_settings.local_store_root("https://x/api", state_dir=state_dir) is None
     with pytest.raises(ConfigError):
-        config.local_store_root("file://host/share", state_dir=state_dir)
+        nexus_settings.local_store_root("file://host/share", state_dir=state_dir)
 
 
 def test_shipped_example_config_is_valid() -> None:

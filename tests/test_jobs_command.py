@@ -138,7 +138,7 @@ def test_status_after_success_failure_and_with_a_held_lock(
     }
     assert "success" in rows["local"] and "delivered 2" in rows["local"] and "30m" in rows["local"]
     assert rows["local"].rstrip().endswith("free")
-    assert "backend unavailable (69)" in rows["remote"] and "now" in rows["remote"]
+    assert "unavailable (69)" in rows["remote"] and "now" in rows["remote"]
     assert "disabled" in rows["off"] and rows["off"].rstrip().endswith("held") and "never run" in rows["off"]
     assert "remote: " in result.stdout and "connection refused" in result.stdout
 
@@ -158,7 +158,7 @@ def test_status_shows_dead_letters(install: Install) -> None:
     install.pending("doomed")
     assert run_cli("nexus-webhook-pull", "--config", str(install.config), env=install.env).returncode == 1
     (job,) = json.loads(install.jobs("status", "--json").stdout)["jobs"]
-    assert job["deadLetters"] == 1 and job["lastResult"] == "partial failure"
+    assert job["deadLetters"] == 1 and job["lastResult"] == "partial"
 
 
 # ---------------------------------------------------------------- run-due

@@ -66,7 +66,7 @@ def test_failure_pings_fail_with_the_summary_in_the_body(
     assert result.returncode == 69
     sent = pings(ping_server)
     assert [path for path, _ in sent] == [f"/{CHECK_ID}/start", f"/{CHECK_ID}/fail"]
-    assert "backend unavailable" in sent[1][1] and "storage offline" in sent[1][1]
+    assert "unavailable (exit 69)" in sent[1][1] and "storage offline" in sent[1][1]
 
 
 def test_auth_failure_also_pings_fail(
@@ -77,7 +77,7 @@ def test_auth_failure_also_pings_fail(
     result = run_cli("nexus-webhook-pull", "--config", str(config), env=env)
     assert result.returncode == 77
     assert [path for path, _ in pings(ping_server)] == [f"/{CHECK_ID}/start", f"/{CHECK_ID}/fail"]
-    assert "permission refused" in pings(ping_server)[1][1]
+    assert "auth (exit 77)" in pings(ping_server)[1][1]
 
 
 def test_ping_server_down_does_not_fail_the_job(

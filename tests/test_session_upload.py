@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from nexus_jobs.nexus_sessions import json_string
+from nexus_jobs.nexus.sessions import json_string
 from tests.conftest import assert_clean_failure, run_cli, script
 from tests.nexus_double import LIMIT_BYTES, NexusDouble
 from tests.openclaw_tree import STAMP, Tree, build_realistic, make_old, new_session_id, transcript

@@ -270,7 +270,7 @@ def test_archive_of_a_deleted_session_uploaded_from_the_database_is_not_sent_aga
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout)["counts"]["uploaded"] == 1
     assert set(inbox(env)) == set(tree.expected_uploads) | {longer}, "the copy is not sent, the longer one is"
-    assert markers(env)["main"][copy]["response"].startswith(f"a copy of {reset}.jsonl")
+    assert str(markers(env)["main"][copy]["response"]).startswith(f"a copy of {reset}.jsonl")
     (tree.sessions_dir / longer).unlink()
     copy_of_imported = f"{tree.ids['imported']}.jsonl.deleted.{STAMP}"
     (tree.sessions_dir / copy_of_imported).write_bytes(tree.expected_uploads[f"{tree.ids['imported']}.jsonl"])

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from nexus_jobs import state
-from nexus_jobs.errors import ConfigError, LockHeld
+from nexus_jobs.core import state
+from nexus_jobs.core.errors import ConfigError, LockHeld
 
 
 def test_atomic_write_is_private_and_versioned(tmp_path: Path) -> None:

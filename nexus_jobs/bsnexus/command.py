@@ -18,17 +18,11 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from .. import cli, config, state
-from ..errors import (
-    EXIT_OK,
-    EXIT_TEMPFAIL,
-    AuthError,
-    BackendUnavailable,
-    ConfigError,
-    LockHeld,
-    TransientError,
-    UsageError,
-)
+from ..cli import frame as cli
+from ..core import config, state
+from ..core.errors import AuthError, BackendUnavailable, ConfigError, LockHeld, TransientError, UsageError
+from ..core.exits import Exit
+from ..core.secrets import redact
 from . import executors, record, registration, streams, worker
 from . import settings as worker_settings
 from .heartbeat import Heartbeat
@@ -126,7 +120,7 @@ def register_command(args: argparse.Namespace) -> int:
         verb = "re-registered" if answer.reused else "registered"
         print(f"{verb} worker {answer.worker_id}; credentials saved to {settings.env_file}")
         print(f"start it with: {PROG} run" + (f" --env-file {settings.env_file}" if args.env_file else ""))
-    return EXIT_OK
+    return Exit.OK
 
 
 def run_command(args: argparse.Namespace) -> int:
@@ -194,10 +188,10 @@ def _run_locked(settings: Settings, executor: executors.Executor, *, json_output
         raise stop.exit_error
     if summary.unpublished:
         log.error("%d result(s) could not be published before stopping; those tasks stay pending", summary.unpublished)
-        return EXIT_TEMPFAIL
+        return Exit.TEMPFAIL
     if summary.redis_down:
         raise BackendUnavailable(f"Redis at {safe_url(settings.redis_url)} was still unreachable when the run ended")
-    return EXIT_OK
+    return Exit.OK
 
 
 def status_command(args: argparse.Namespace) -> int:
@@ -243,7 +237,7 @@ def status_command(args: argparse.Namespace) -> int:
         raise refused
     if redis_problem:
         raise BackendUnavailable(f"Redis at {safe_url(settings.redis_url)} is unreachable: {redis_problem}")
-    return EXIT_OK
+    return Exit.OK
 
 
 def _print_status(facts: dict[str, Any], redis_problem: str) -> None:
@@ -269,7 +263,7 @@ def _print_status(facts: dict[str, Any], redis_problem: str) -> None:
         ("dead letters", "unknown" if facts["deadLetters"] is None else f"{facts['deadLetters']} (all workers)"),
     ]
     for label, value in lines:
-        sys.stdout.write(cli.redact(f"{label + ':':<16}{value}") + "\n")
+        sys.stdout.write(redact(f"{label + ':':<16}{value}") + "\n")
 
 
 def unregister_command(args: argparse.Namespace) -> int:
@@ -298,4 +292,4 @@ def unregister_command(args: argparse.Namespace) -> int:
         cli.print_json({"workerId": settings.worker_id, "unregistered": True, "envFile": str(settings.env_file)})
     else:
         print(f"unregistered worker {settings.worker_id}; removed its identity from {settings.env_file}")
-    return EXIT_OK
+    return Exit.OK

@@ -23,7 +23,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from importlib.metadata import EntryPoint, entry_points
 
-from ..errors import ConfigError
+from ..core.errors import ConfigError
 from .settings import Settings, child_environment
 from .tasks import truncate
 

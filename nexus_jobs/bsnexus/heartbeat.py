@@ -14,8 +14,8 @@ import threading
 import time
 from typing import TYPE_CHECKING
 
-from ..cli import register_secret
-from ..errors import AuthError, BackendUnavailable, JobError, TransientError
+from ..core.errors import AuthError, BackendUnavailable, JobError, TransientError
+from ..core.secrets import register_secret
 from . import registration, streams
 from .record import Tally
 from .settings import Settings

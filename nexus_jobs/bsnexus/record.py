@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .. import state
+from ..core import state
 from .settings import Settings
 
 log = logging.getLogger("nexus_jobs.bsnexus")

@@ -15,9 +15,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .. import http
-from ..cli import register_secret
-from ..errors import AuthError, BackendUnavailable, ConfigError, TransientError
+from ..core import http
+from ..core.errors import AuthError, BackendUnavailable, ConfigError, TransientError
+from ..core.secrets import register_secret
 from .settings import Settings
 
 if TYPE_CHECKING:

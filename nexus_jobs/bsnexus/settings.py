@@ -11,9 +11,9 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from .. import config
-from ..cli import register_secret
-from ..errors import ConfigError
+from ..core import config
+from ..core.errors import ConfigError
+from ..core.secrets import register_secret
 
 Option = config.Option
 

@@ -14,7 +14,7 @@ import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from ..errors import AuthError, ConfigError, JobError
+from ..core.errors import AuthError, ConfigError, JobError
 from . import tasks
 from .settings import Settings
 

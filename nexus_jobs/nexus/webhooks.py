@@ -24,8 +24,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
-from . import http
-from .errors import AuthError, BackendUnavailable
+from ..core import http
+from ..core.errors import AuthError, BackendUnavailable
+from .settings import NexusSettings, auth, server_message
 
 PENDING_PATH = "/webhook/pending"
 ITEMS_PATH = "/webhook/items"
@@ -65,18 +66,13 @@ class HttpWebhookStore:
     ``?code=`` when ``authMode`` is ``query``) and the shared retry rules. The key never
     reaches a message: errors describe the failure, not the URL."""
 
-    def __init__(self, *, endpoint: str, api_key: str, auth_mode: str, timeout_seconds: float, retries: int) -> None:
-        self.location = endpoint
-        self.base = endpoint.rstrip("/")
-        self.headers: dict[str, str] = {}
-        self.params: dict[str, str] = {}
-        if api_key and auth_mode == "query":
-            self.params["code"] = api_key
-        elif api_key:
-            self.headers["x-functions-key"] = api_key
-        self.timeout = (http.CONNECT_TIMEOUT_SECONDS, timeout_seconds)
+    def __init__(self, nexus: NexusSettings) -> None:
+        self.location = nexus.endpoint
+        self.base = nexus.endpoint.rstrip("/")
+        self.headers, self.params = auth(nexus.api_key, nexus.auth_mode)
+        self.timeout = (http.CONNECT_TIMEOUT_SECONDS, nexus.timeout_seconds)
         # DELETE of ids is idempotent, so the shared Retry may repeat it.
-        self.session = http.make_session(retries=retries)
+        self.session = http.make_session(retries=nexus.retries)
 
     def fetch_pending(self, agent_id: str, *, limit: int) -> dict[str, Any]:
         params = {**self.params, "agentId": agent_id}
@@ -123,7 +119,7 @@ class HttpWebhookStore:
                 f"Nexus refused the API key ({status}) while {what}; check NEXUS_API_KEY and nexus.authMode"
             )
         if not 200 <= status < 300:
-            raise BackendUnavailable(f"Nexus answered {status} while {what}{_server_message(raw)}")
+            raise BackendUnavailable(f"Nexus answered {status} while {what}{server_message(raw)}")
         if method != "GET":
             return None
         try:
@@ -183,25 +179,12 @@ class LocalWebhookStore:
         pass
 
 
-def open_store(
-    *, endpoint: str, local_root: Path | None, api_key: str, auth_mode: str, timeout_seconds: float, retries: int
-) -> WebhookStore:
+def open_store(nexus: NexusSettings, *, local_root: Path | None) -> WebhookStore:
     """The HTTP store for an http(s) endpoint, else the embedded store at ``local_root``."""
     if local_root is not None:
         return LocalWebhookStore(local_root)
-    return HttpWebhookStore(
-        endpoint=endpoint, api_key=api_key, auth_mode=auth_mode, timeout_seconds=timeout_seconds, retries=retries
-    )
+    return HttpWebhookStore(nexus)
 
 
 def _kind(value: Any) -> str:
     return {list: "a list", str: "a string", type(None): "null"}.get(type(value), type(value).__name__)
-
-
-def _server_message(raw: bytes) -> str:
-    try:
-        body = json.loads(raw)
-    except ValueError:
-        return ""
-    message = body.get("error") or body.get("message") if isinstance(body, dict) else None
-    return f": {str(message)[:200]}" if message else ""

@@ -8,6 +8,7 @@ ping). The exit code is the worst failure: 78 config, 77 refused credentials, 69
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import shutil
 from collections.abc import Mapping
@@ -15,9 +16,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from . import cli, config
-from .config import JobEntry
-from .errors import EXIT_CONFIG, EXIT_NOPERM, EXIT_OK, EXIT_UNAVAILABLE, ConfigError, JobError, worst_exit_code
+from ..cli import frame as cli
+from ..core import config
+from ..core.config import JobEntry
+from ..core.errors import ConfigError, JobError
+from ..core.exits import Exit, worst
+from ..core.secrets import redact
+from ..nexus import settings as nexus_settings
+from ..nexus.settings import NexusSettings
+from ..openclaw.agents import openclaw_state_dir
+from ..openclaw.agents import resolve_agents as agents_of
 
 
 @dataclass(frozen=True)
@@ -25,7 +33,7 @@ class Check:
     status: str  # "ok", "warn" (worth a look, not a failure) or "FAIL"
     name: str
     detail: str
-    exit_code: int = EXIT_OK
+    exit_code: int = Exit.OK
 
 
 def check_config(args: argparse.Namespace) -> int:
@@ -37,10 +45,10 @@ def check_config(args: argparse.Namespace) -> int:
         )
     else:
         for check in checks:
-            print(cli.redact(f"{check.status:<4}  {check.name}: {check.detail}"))
+            print(redact(f"{check.status:<4}  {check.name}: {check.detail}"))
     if not failed:
-        return EXIT_OK
-    return worst_exit_code([check.exit_code for check in failed])
+        return Exit.OK
+    return worst([check.exit_code for check in failed])
 
 
 def _all_checks(args: argparse.Namespace) -> Any:
@@ -48,7 +56,7 @@ def _all_checks(args: argparse.Namespace) -> Any:
         loaded = config.load(config_flag=args.config, env_file_flag=args.env_file)
     except ConfigError as error:
         for problem in error.problems:
-            yield Check("FAIL", "config", problem, EXIT_CONFIG)
+            yield Check("FAIL", "config", problem, Exit.CONFIG)
         return
     entries = config.scheduled_jobs(loaded)
     yield Check(
@@ -59,16 +67,12 @@ def _all_checks(args: argparse.Namespace) -> Any:
         else "no config file found; defaults apply (default job: session-upload)",
     )
     yield _check_env_file(loaded)
-    nexus: dict[str, Any] | None = None
+    nexus: NexusSettings | None = None
     try:
-        nexus = config.resolve(
-            config.NEXUS_OPTIONS, loaded=loaded, section=loaded.data, section_path="", flags={}, strict=False
-        )
+        nexus = nexus_settings.resolve(loaded, {})
     except ConfigError as error:
         for problem in error.problems:
-            yield Check("FAIL", "nexus settings", problem, EXIT_CONFIG)
-    if nexus is not None:
-        cli.register_secret(nexus["nexus.apiKey"])
+            yield Check("FAIL", "nexus settings", problem, Exit.CONFIG)
     job_options: dict[str, dict[str, Any]] = {}
     for entry in entries:
         try:
@@ -78,12 +82,12 @@ def _all_checks(args: argparse.Namespace) -> Any:
             yield Check("ok", f"job {entry.job_id}", f"{entry.job_type}, {state_of}, {every}; options valid")
         except ConfigError as error:
             for problem in error.problems:
-                yield Check("FAIL", f"job {entry.job_id}", problem, EXIT_CONFIG)
+                yield Check("FAIL", f"job {entry.job_id}", problem, Exit.CONFIG)
     try:
         state_dir = config.resolve_state_dir(flag=args.state_dir, loaded=loaded)
         yield _check_state_dir(state_dir)
     except ConfigError as error:
-        yield Check("FAIL", "state directory", str(error), EXIT_CONFIG)
+        yield Check("FAIL", "state directory", str(error), Exit.CONFIG)
         return
     yield from _check_agents(loaded, entries)
     if nexus is not None:
@@ -100,10 +104,10 @@ def _all_checks(args: argparse.Namespace) -> Any:
 
 def _job_options(loaded: config.LoadedConfig, entry: JobEntry) -> dict[str, Any]:
     if entry.job_type == "webhook_pull":
-        from . import webhook_pull
+        from ..webhook_pull import command as webhook_pull
 
         return webhook_pull.resolve_job_options(loaded, entry, {})
-    from . import session_upload
+    from ..session_upload import command as session_upload
 
     where = f"{entry.key_path}.config" if entry.key_path else "config"
     return config.resolve(session_upload.OPTIONS, loaded=loaded, section=entry.config, section_path=where, flags={})
@@ -122,26 +126,26 @@ def _check_env_file(loaded: config.LoadedConfig) -> Check:
 def _check_state_dir(state_dir: Path) -> Check:
     if state_dir.is_dir():
         if not os.access(state_dir, os.W_OK | os.X_OK):
-            return Check("FAIL", "state directory", f"{state_dir} is not writable by this user", EXIT_CONFIG)
+            return Check("FAIL", "state directory", f"{state_dir} is not writable by this user", Exit.CONFIG)
         mode = state_dir.stat().st_mode & 0o777
         if mode & 0o077:
             return Check("warn", "state directory", f"{state_dir} is open to other users (mode {mode:o}); chmod 700")
         return Check("ok", "state directory", f"{state_dir} (writable, mode {mode:o})")
     if state_dir.exists():
-        return Check("FAIL", "state directory", f"{state_dir} exists but is not a directory", EXIT_CONFIG)
+        return Check("FAIL", "state directory", f"{state_dir} exists but is not a directory", Exit.CONFIG)
     parent = state_dir
     while not parent.exists() and parent != parent.parent:
         parent = parent.parent
     if parent.is_dir() and os.access(parent, os.W_OK | os.X_OK):
         return Check("ok", "state directory", f"{state_dir} does not exist yet; the first run creates it")
-    return Check("FAIL", "state directory", f"{state_dir} does not exist and {parent} is not writable", EXIT_CONFIG)
+    return Check("FAIL", "state directory", f"{state_dir} does not exist and {parent} is not writable", Exit.CONFIG)
 
 
 def _check_agents(loaded: config.LoadedConfig, entries: list[JobEntry]) -> Any:
-    agents = config.resolve_agents(loaded)
+    agents = agents_of(loaded)
     if not agents:
-        where = config.openclaw_state_dir(loaded) / "agents"
-        yield Check("FAIL", "agents", f"none configured and none found under {where}", EXIT_CONFIG)
+        where = openclaw_state_dir(loaded) / "agents"
+        yield Check("FAIL", "agents", f"none configured and none found under {where}", Exit.CONFIG)
         return
     types = {entry.job_type for entry in entries}
     for agent in agents:
@@ -157,57 +161,35 @@ def _check_agents(loaded: config.LoadedConfig, entries: list[JobEntry]) -> Any:
 
 
 def _check_nexus(
-    nexus: dict[str, Any], *, loaded: config.LoadedConfig, state_dir: Path, entries: list[JobEntry]
+    nexus: NexusSettings, *, loaded: config.LoadedConfig, state_dir: Path, entries: list[JobEntry]
 ) -> Check:
-    from . import nexus_webhooks
+    from ..nexus import sessions as nexus_sessions
+    from ..nexus import webhooks as nexus_webhooks
 
-    endpoint = nexus["nexus.endpoint"]
     try:
-        local_root = config.local_store_root(endpoint, state_dir=state_dir)
+        local_root = nexus.store_root(state_dir)
     except ConfigError as error:
-        return Check("FAIL", "nexus backend", str(error), EXIT_CONFIG)
-    if local_root is None and not nexus["nexus.apiKey"]:
-        return Check("FAIL", "nexus backend", f"{endpoint} needs an API key: set NEXUS_API_KEY", EXIT_CONFIG)
-    store = nexus_webhooks.open_store(
-        endpoint=endpoint,
-        local_root=local_root,
-        api_key=nexus["nexus.apiKey"],
-        auth_mode=nexus["nexus.authMode"],
-        timeout_seconds=min(nexus["nexus.timeoutSeconds"], 15.0),
-        retries=0,
-    )
-    agents = config.resolve_agents(loaded)
+        return Check("FAIL", "nexus backend", str(error), Exit.CONFIG)
+    if local_root is None and not nexus.api_key:
+        return Check("FAIL", "nexus backend", f"{nexus.endpoint} needs an API key: set NEXUS_API_KEY", Exit.CONFIG)
+    # A check must answer quickly and change nothing: a short timeout and no retries.
+    probing = dataclasses.replace(nexus, timeout_seconds=min(nexus.timeout_seconds, 15.0), retries=0)
+    store: nexus_webhooks.WebhookStore | nexus_sessions.HttpSessionStore
+    if local_root is None and all(entry.job_type != "webhook_pull" for entry in entries):
+        # Without a webhook job the backend may serve only POST /sessions.
+        store = nexus_sessions.HttpSessionStore(probing, pool_size=1)
+        agent_id = ""
+    else:
+        store = nexus_webhooks.open_store(probing, local_root=local_root)
+        agents = agents_of(loaded)
+        agent_id = agents[0].agent_id if agents else "main"
     try:
-        if isinstance(store, nexus_webhooks.HttpWebhookStore) and all(e.job_type != "webhook_pull" for e in entries):
-            return _check_sessions_api(store)
-        # A read-only GET of one pending item proves reachability and the key at once.
-        return Check("ok", "nexus backend", store.probe(agents[0].agent_id if agents else "main"))
+        # A read-only request proves reachability and the key at once.
+        return Check("ok", "nexus backend", store.probe(agent_id))
     except JobError as error:
         return Check("FAIL", "nexus backend", str(error), error.exit_code)
     finally:
         store.close()
-
-
-def _check_sessions_api(store: Any) -> Check:
-    """Without a webhook job the backend may serve only ``POST /sessions``: a HEAD of that
-    route (never a POST) shows it answers; any answer but 401/403 or a 5xx will do."""
-    import requests
-
-    from . import http
-
-    try:
-        response = store.session.head(
-            store.base + "/sessions", params=store.params, headers=store.headers, timeout=store.timeout
-        )
-        response.close()
-    except requests.RequestException as error:
-        return Check("FAIL", "nexus backend", f"Nexus at {store.location}: {http.describe_error(error)}", 69)
-    if response.status_code in (401, 403):
-        detail = f"Nexus refused the API key ({response.status_code}); check NEXUS_API_KEY and nexus.authMode"
-        return Check("FAIL", "nexus backend", detail, 77)
-    if response.status_code >= 500:
-        return Check("FAIL", "nexus backend", f"Nexus at {store.location} answered {response.status_code}", 69)
-    return Check("ok", "nexus backend", f"Nexus sessions API at {store.location} answers (HTTP {response.status_code})")
 
 
 def _check_delivery(entry: JobEntry, options: dict[str, Any]) -> Any:
@@ -220,13 +202,13 @@ def _check_delivery(entry: JobEntry, options: dict[str, Any]) -> Any:
         if found:
             yield Check("ok", name, f"command {program} found at {found}")
         else:
-            yield Check("FAIL", name, f"command {program!r} not found or not executable", EXIT_CONFIG)
+            yield Check("FAIL", name, f"command {program!r} not found or not executable", Exit.CONFIG)
 
 
 def _check_gateway(name: str, gateway_url: str, *, what: str = "OpenClaw Gateway") -> Check:
     import requests
 
-    from . import http
+    from ..core import http
 
     session = http.make_session(retries=0)
     try:
@@ -236,7 +218,7 @@ def _check_gateway(name: str, gateway_url: str, *, what: str = "OpenClaw Gateway
         return Check("ok", name, f"{what} at {gateway_url} answers (HTTP {response.status_code})")
     except requests.RequestException as error:
         detail = f"{what} at {gateway_url}: {http.describe_error(error)}"
-        return Check("FAIL", name, detail, EXIT_UNAVAILABLE)
+        return Check("FAIL", name, detail, Exit.UNAVAILABLE)
     finally:
         session.close()
 
@@ -262,9 +244,9 @@ def _check_redis(url: str) -> Check:
         client.ping()
         client.close()
     except redis.AuthenticationError:
-        return Check("FAIL", "bsnexus redis", f"Redis at {shown} refused the password", EXIT_NOPERM)
+        return Check("FAIL", "bsnexus redis", f"Redis at {shown} refused the password", Exit.NOPERM)
     except (redis.RedisError, ValueError) as error:
-        return Check("FAIL", "bsnexus redis", f"Redis at {shown}: {str(error).splitlines()[0][:120]}", EXIT_UNAVAILABLE)
+        return Check("FAIL", "bsnexus redis", f"Redis at {shown}: {str(error).splitlines()[0][:120]}", Exit.UNAVAILABLE)
     return Check("ok", "bsnexus redis", f"Redis at {shown} answers PING")
 
 
@@ -279,12 +261,12 @@ def _check_broker(url: str) -> Check:
             raise ValueError("expected mqtt://host[:port] or mqtts://host[:port]")
         port = parts.port or (8883 if parts.scheme == "mqtts" else 1883)
     except ValueError as error:
-        return Check("FAIL", "mqtt broker", f"MQTT_URL {shown}: {error}", EXIT_CONFIG)
+        return Check("FAIL", "mqtt broker", f"MQTT_URL {shown}: {error}", Exit.CONFIG)
     try:
         with socket.create_connection((parts.hostname, port), timeout=5):
             pass
     except OSError as error:
-        return Check("FAIL", "mqtt broker", f"{shown}: {error.strerror or error}", EXIT_UNAVAILABLE)
+        return Check("FAIL", "mqtt broker", f"{shown}: {error.strerror or error}", Exit.UNAVAILABLE)
     return Check("ok", "mqtt broker", f"{shown} accepts connections")
 
 

@@ -13,8 +13,11 @@ import logging
 from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
+from ..core.exits import word_of
+from ..core.secrets import register_secret
+
 if TYPE_CHECKING:
-    from .cli import RunSummary
+    from .summary import RunSummary
 
 PING_TIMEOUT_SECONDS = 10.0
 PING_RETRIES = 2
@@ -33,8 +36,7 @@ def ping(url: str | None, kind: str, *, body: str = "") -> bool:
     """Send one ping; True when the monitor took it. Never raises."""
     if not url:
         return True
-    from . import http
-    from .cli import register_secret
+    from ..core import http
 
     # Anyone holding the URL can report for the job; debug logs show the path on its own.
     register_secret(url)
@@ -68,9 +70,7 @@ def describe(summary: RunSummary | None) -> str:
     """The body of a success or fail ping: outcome, counts, message, failed items."""
     if summary is None:
         return "the run ended with an internal error (see the job's log)"
-    from .cli import OUTCOMES
-
-    lines = [f"{summary.job_id}: {OUTCOMES.get(summary.exit_code, 'failure')} (exit {summary.exit_code})"]
+    lines = [f"{summary.job_id}: {word_of(summary.exit_code)} (exit {summary.exit_code})"]
     if summary.counts:
         lines.append(", ".join(f"{name} {count}" for name, count in summary.counts.items()))
     if summary.message:

@@ -15,8 +15,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
-from . import http, state
-from .cli import redact
+from ..core import http, state
+from ..core.errors import AuthError, BackendUnavailable
+from .settings import NexusSettings, auth, server_message
 
 # What the worker does with an answer (SPEC 4.3).
 STORED = "stored"  # 200: mark uploaded
@@ -96,26 +97,35 @@ class HttpSessionStore:
     """The Nexus sessions API over one keep-alive ``requests.Session`` shared by the upload
     threads. Uploads are idempotent (the server dedups), so POST is retried."""
 
-    def __init__(
-        self,
-        *,
-        endpoint: str,
-        api_key: str,
-        auth_mode: str,
-        timeout_seconds: float,
-        retries: int,
-        pool_size: int,
-    ) -> None:
-        self.location = endpoint
-        self.url = endpoint.rstrip("/") + "/sessions"
-        self.timeout = (http.CONNECT_TIMEOUT_SECONDS, timeout_seconds)
-        self.session = http.make_session(retries=retries, pool_size=pool_size, retry_post=True, base_url=self.url)
-        self.headers: dict[str, str | bytes] = {**self.session.headers, "Content-Type": "application/json"}
-        self.params: dict[str, str] = {}
-        if api_key and auth_mode == "query":
-            self.params["code"] = api_key
-        elif api_key:
-            self.headers["x-functions-key"] = api_key
+    def __init__(self, nexus: NexusSettings, *, pool_size: int) -> None:
+        self.location = nexus.endpoint
+        self.url = nexus.endpoint.rstrip("/") + "/sessions"
+        self.timeout = (http.CONNECT_TIMEOUT_SECONDS, nexus.timeout_seconds)
+        self.session = http.make_session(retries=nexus.retries, pool_size=pool_size, retry_post=True, base_url=self.url)
+        auth_headers, self.params = auth(nexus.api_key, nexus.auth_mode)
+        self.headers: dict[str, str | bytes] = {
+            **self.session.headers,
+            "Content-Type": "application/json",
+            **auth_headers,
+        }
+
+    def probe(self, agent_id: str = "") -> str:
+        """Check, changing nothing, that the sessions API answers: a HEAD of the route (never a
+        POST); any answer but 401/403 or a 5xx will do. Raises the job error of a failure."""
+        import requests
+
+        try:
+            response = self.session.head(self.url, params=self.params, headers=self.headers, timeout=self.timeout)
+            response.close()
+        except requests.RequestException as error:
+            raise BackendUnavailable(f"Nexus at {self.location}: {http.describe_error(error)}") from None
+        if response.status_code in (401, 403):
+            raise AuthError(
+                f"Nexus refused the API key ({response.status_code}); check NEXUS_API_KEY and nexus.authMode"
+            )
+        if response.status_code >= 500:
+            raise BackendUnavailable(f"Nexus at {self.location} answered {response.status_code}")
+        return f"Nexus sessions API at {self.location} answers (HTTP {response.status_code})"
 
     def upload(self, upload: Upload) -> Outcome:
         import requests
@@ -139,7 +149,7 @@ class HttpSessionStore:
 
 def _interpret(status: int, raw: bytes, upload: Upload) -> Outcome:
     body = _json_object(raw)
-    message = _server_message(body, raw)
+    message = server_message(raw)
     if status in (200, 201):
         return Outcome(STORED, "stored", status)
     if status == 409:
@@ -164,14 +174,6 @@ def _json_object(raw: bytes) -> dict[str, Any]:
     except (ValueError, UnicodeDecodeError):
         return {}
     return body if isinstance(body, dict) else {}
-
-
-def _server_message(body: dict[str, Any], raw: bytes) -> str:
-    text = next((body[key] for key in ("error", "detail", "message") if isinstance(body.get(key), str)), None)
-    if text is None:
-        text = raw[:200].decode("utf-8", "replace")
-    text = " ".join(redact(text).split())[:200]
-    return f": {text}" if text else ""
 
 
 class FileSessionStore:

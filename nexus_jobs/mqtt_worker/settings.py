@@ -9,9 +9,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
-from . import cli, config
-from .config import Option
-from .errors import ConfigError
+from ..core import config
+from ..core.config import Option
+from ..core.errors import ConfigError
+from ..core.secrets import redact, register_secret
 
 PROG = "mqtt-job-worker"
 
@@ -155,7 +156,7 @@ def load_settings(args: argparse.Namespace) -> Settings:
         values["mqtt.url"], origin=url_origin, problems=problems
     )
     password = values["mqtt.password"] or url_password
-    cli.register_secret(password)
+    register_secret(password)
     username = values["mqtt.username"] or url_user
     if password and not username:
         problems.append("MQTT_PASSWORD is set but no user name (MQTT_USERNAME or user:pass@ in MQTT_URL)")
@@ -173,7 +174,7 @@ def load_settings(args: argparse.Namespace) -> Settings:
     if "{id}" not in result_topic or any(ch in result_topic for ch in "+#\0"):
         problems.append(f"MQTT_RESULT_TOPIC: expected a topic containing {{id}} and no wildcards, got {result_topic!r}")
     if problems:
-        raise ConfigError([cli.redact(problem) for problem in problems])
+        raise ConfigError([redact(problem) for problem in problems])
     return Settings(
         host=host,
         port=port,
@@ -201,8 +202,8 @@ def _parse_broker_url(url: str, *, origin: str, problems: list[str]) -> tuple[st
         problems.append(f"{origin}: {expected} (the port is not a number from 1 to 65535)")
         return "", 0, False, "", ""
     user, password = unquote(parts.username or ""), unquote(parts.password or "")
-    cli.register_secret(parts.password)
-    cli.register_secret(password)
+    register_secret(parts.password)
+    register_secret(password)
     shown = f"{parts.scheme}://{parts.hostname or ''}{f':{port}' if port else ''}{parts.path}"
     if origin.startswith("--") and (user or password):
         problems.append(

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from . import state
+from ..core import state
 
 JOB_FILE = "job.json"
 LOG_FILE = "job.log"

@@ -11,9 +11,14 @@ import logging
 from dataclasses import dataclass, field
 from typing import Any
 
-from . import cli, config, openclaw, openclaw_sqlite, state, upload_markers
-from .nexus_sessions import REJECTED, Outcome, Upload
-from .upload_markers import Found
+from ..cli import frame as cli
+from ..core import state
+from ..nexus.sessions import REJECTED, Outcome, Upload
+from ..openclaw import database as openclaw_sqlite
+from ..openclaw import files as openclaw
+from ..openclaw.agents import Agent
+from . import markers as upload_markers
+from .markers import Found
 
 READ_CHUNK_BYTES = 1 << 20
 # A file we could not read: counted as failed and retried, but says nothing about the backend.
@@ -32,7 +37,7 @@ class DatabasePart:
 
 
 def scan_database(
-    agent: config.Agent,
+    agent: Agent,
     agent_markers: dict[str, dict[str, Any]],
     *,
     retry_rejected: bool,

@@ -20,9 +20,14 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from . import __version__, cli, config, jobs_checks, state
-from .config import JobEntry
-from .errors import EXIT_OK, EXIT_SOFTWARE, ConfigError, worst_exit_code
+from .. import __version__
+from ..cli import frame as cli
+from ..core import config, state
+from ..core.config import JobEntry
+from ..core.errors import ConfigError
+from ..core.exits import Exit, word_of, worst
+from ..core.secrets import redact
+from . import checks as jobs_checks
 
 PROG = "nexus-jobs"
 # How bad an exit code is, for run-due's overall result: a skipped overlapping run (75) is
@@ -80,7 +85,7 @@ def job_status(entry: JobEntry, state_dir: Path) -> dict[str, Any]:
         "lastFinished": record.get("lastFinishedAt"),
         "lastResult": record.get("lastOutcome"),
         "lastExitCode": record.get("lastExitCode"),
-        "lastMessage": cli.redact(str(record.get("lastMessage") or problem)),
+        "lastMessage": redact(str(record.get("lastMessage") or problem)),
         "lastSuccess": record.get("lastSuccessStartedAt"),
         "consecutiveFailures": int(record.get("consecutiveFailures") or 0),
         "runs": int(record.get("runs") or 0),
@@ -106,7 +111,7 @@ def show_status(loaded: config.LoadedConfig, state_dir: Path, *, as_json: bool) 
     rows = [job_status(entry, state_dir) for entry in config.scheduled_jobs(loaded)]
     if as_json:
         cli.print_json({"config": str(loaded.path) if loaded.path else None, "stateDir": str(state_dir), "jobs": rows})
-        return EXIT_OK
+        return Exit.OK
     print(f"config: {loaded.path or 'none found (defaults)'}")
     print(f"state:  {state_dir}")
     header = ("JOB", "TYPE", "ENABLED", "EVERY", "LAST RUN", "RESULT", "NEXT DUE", "COUNTS", "DEAD", "LOCK")
@@ -117,7 +122,7 @@ def show_status(loaded: config.LoadedConfig, state_dir: Path, *, as_json: bool) 
     for row in rows:
         if row["lastResult"] not in (None, "success") and row["lastMessage"]:
             print(f"{row['job']}: {row['lastMessage']}")
-    return EXIT_OK
+    return Exit.OK
 
 
 def _table_row(row: dict[str, Any]) -> tuple[str, ...]:
@@ -165,21 +170,19 @@ def run_due(loaded: config.LoadedConfig, state_dir: Path, args: argparse.Namespa
         if not entry.enabled or not status["due"]:
             reason = "disabled" if not entry.enabled else f"not due until {status['nextDue']}"
             cli.log.info("%s: %s", entry.job_id, reason)
-            results.append({"job": entry.job_id, "ran": False, "reason": reason, "exitCode": EXIT_OK})
+            results.append({"job": entry.job_id, "ran": False, "reason": reason, "exitCode": Exit.OK})
             continue
         if args.dry_run:
             cli.log.info("%s: due; would run %s", entry.job_id, config.JOB_TYPES[entry.job_type])
-            results.append({"job": entry.job_id, "ran": False, "reason": "due (dry run)", "exitCode": EXIT_OK})
+            results.append({"job": entry.job_id, "ran": False, "reason": "due (dry run)", "exitCode": Exit.OK})
             continue
         code = _run_job(entry, loaded=loaded, state_dir=state_dir, args=args)
-        cli.log.info("%s: %s (exit %d)", entry.job_id, cli.OUTCOMES.get(code, "failure"), code)
-        results.append(
-            {"job": entry.job_id, "ran": True, "outcome": cli.OUTCOMES.get(code, "failure"), "exitCode": code}
-        )
-    worst = worst_exit_code([result["exitCode"] for result in results])
+        cli.log.info("%s: %s (exit %d)", entry.job_id, word_of(code), code)
+        results.append({"job": entry.job_id, "ran": True, "outcome": word_of(code), "exitCode": code})
+    overall = worst([result["exitCode"] for result in results])
     if args.json:
-        cli.print_json({"jobs": results, "exitCode": worst, "outcome": cli.OUTCOMES.get(worst, "failure")})
-    return worst
+        cli.print_json({"jobs": results, "exitCode": overall, "outcome": word_of(overall)})
+    return overall
 
 
 def _run_job(entry: JobEntry, *, loaded: config.LoadedConfig, state_dir: Path, args: argparse.Namespace) -> int:
@@ -196,7 +199,7 @@ def _run_job(entry: JobEntry, *, loaded: config.LoadedConfig, state_dir: Path, a
         return subprocess.run(argv, check=False, stdin=subprocess.DEVNULL).returncode
     except OSError as error:
         cli.log.error("%s: cannot start %s: %s", entry.job_id, argv[0], error.strerror)
-        return EXIT_SOFTWARE
+        return Exit.SOFTWARE
 
 
 def _script(name: str) -> str:

@@ -24,10 +24,13 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
-from . import cli, mqtt_jobs, state
-from .errors import EXIT_OK, JobError, TransientError
-from .mqtt_broker import WAIT_SLICE_SECONDS, BrokerSession
-from .mqtt_settings import OPTIONS, PROG, Settings, load_settings
+from ..cli import frame as cli
+from ..core import state
+from ..core.errors import JobError, TransientError
+from ..core.exits import Exit
+from . import job as mqtt_jobs
+from .broker import WAIT_SLICE_SECONDS, BrokerSession
+from .settings import OPTIONS, PROG, Settings, load_settings
 
 log = logging.getLogger("nexus_jobs.mqtt_worker")
 
@@ -57,8 +60,8 @@ def run(args: argparse.Namespace) -> int:
             )
         raise
     if args.json:
-        cli.print_json(_summary(settings, started, outcome=outcome, result=result, exit_code=EXIT_OK))
-    return EXIT_OK
+        cli.print_json(_summary(settings, started, outcome=outcome, result=result, exit_code=Exit.OK))
+    return Exit.OK
 
 
 def _summary(

@@ -26,11 +26,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from . import cli, config, http, state
-from .config import Option
-from .errors import EXIT_OK, EXIT_PARTIAL, EXIT_UNAVAILABLE, AuthError, BackendUnavailable, ConfigError
-from .nexus_webhooks import WebhookStore, open_store, safe_name
-from .webhook_ledger import Ledger
+from ..cli import frame as cli
+from ..core import config, http, state
+from ..core.config import Option
+from ..core.errors import AuthError, BackendUnavailable, ConfigError
+from ..core.exits import Exit
+from ..core.secrets import register_secret
+from ..nexus import settings as nexus_settings
+from ..nexus.webhooks import WebhookStore, open_store, safe_name
+from ..openclaw.agents import resolve_agents as agents_of
+from .ledger import Ledger
 
 PROG = "nexus-webhook-pull"
 JOB_TYPE = "webhook_pull"
@@ -82,7 +87,7 @@ class Settings:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = cli.new_parser(PROG, "Fetch pending Nexus webhook items, deliver them to agents, acknowledge them.")
-    cli.add_options(parser, (*config.NEXUS_OPTIONS, *OPTIONS))
+    cli.add_options(parser, (*nexus_settings.OPTIONS, *OPTIONS))
     return cli.main(prog=PROG, parser=parser, run=run, argv=argv)
 
 
@@ -90,12 +95,9 @@ def run(args: argparse.Namespace) -> int:
     loaded = config.load(config_flag=args.config, env_file_flag=args.env_file)
     job = config.select_job(loaded, job_type=JOB_TYPE, job_id=args.job_id, default_id=DEFAULT_JOB_ID)
     flags = vars(args)
-    nexus = config.resolve(
-        config.NEXUS_OPTIONS, loaded=loaded, section=loaded.data, section_path="", flags=flags, strict=False
-    )
+    nexus = nexus_settings.resolve(loaded, flags)
     options = resolve_job_options(loaded, job, flags)
-    cli.register_secret(nexus["nexus.apiKey"])
-    cli.register_secret(options["hooksToken"])
+    register_secret(options["hooksToken"])
     state_dir = config.resolve_state_dir(flag=args.state_dir, loaded=loaded)
     settings = Settings(
         job_id=job.job_id,
@@ -108,14 +110,7 @@ def run(args: argparse.Namespace) -> int:
         if "hook" in options["delivery"]
         else None,
     )
-    store = open_store(
-        endpoint=nexus["nexus.endpoint"],
-        local_root=config.local_store_root(nexus["nexus.endpoint"], state_dir=state_dir),
-        api_key=nexus["nexus.apiKey"],
-        auth_mode=nexus["nexus.authMode"],
-        timeout_seconds=nexus["nexus.timeoutSeconds"],
-        retries=nexus["nexus.retries"],
-    )
+    store = open_store(nexus, local_root=nexus.store_root(state_dir))
     try:
         return cli.run_scheduled(job=job, state_dir=state_dir, args=args, work=lambda: pull(settings, store))
     finally:
@@ -145,7 +140,7 @@ def resolve_job_options(loaded: config.LoadedConfig, job: config.JobEntry, flags
 
 
 def select_agents(loaded: config.LoadedConfig, wanted: list[str]) -> dict[str, Path]:
-    known = {agent.agent_id: agent.workspace for agent in config.resolve_agents(loaded)}
+    known = {agent.agent_id: agent.workspace for agent in agents_of(loaded)}
     unknown = [agent_id for agent_id in wanted if agent_id not in known]
     if unknown:
         raise ConfigError(f"{loaded.where('agents')}: no agent {', '.join(map(repr, unknown))} configured or found")
@@ -174,9 +169,9 @@ def pull(settings: Settings, store: WebhookStore) -> cli.RunSummary:
             ledger.save()
     summary.standing = ledger.standing()
     if backend_failed:
-        summary.exit_code = EXIT_UNAVAILABLE
+        summary.exit_code = Exit.UNAVAILABLE
     elif summary.counts["failed"] or summary.counts["deadLettered"]:
-        summary.exit_code = EXIT_PARTIAL
+        summary.exit_code = Exit.PARTIAL
     summary.message = _message(summary, settings)
     return summary
 
@@ -388,7 +383,7 @@ def _message(summary: cli.RunSummary, settings: Settings) -> str:
         f"{counts['delivered']} delivered, {counts['acknowledged']} acknowledged, {counts['failed']} failed, "
         f"{counts['deadLettered']} dead-lettered"
     )
-    if summary.exit_code == EXIT_OK:
+    if summary.exit_code == Exit.OK:
         return text if counts["fetched"] else ""
     return text + "; " + "; ".join(summary.failures[:3]) + (" ..." if len(summary.failures) > 3 else "")
 

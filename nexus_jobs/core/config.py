@@ -27,9 +27,6 @@ JOB_ENTRY_KEYS = ("id", "type", "enabled", "intervalMinutes", "pingUrl", "config
 # Job types that may appear in ``jobs[]``, with the console script that runs each.
 JOB_TYPES = {"session_upload": "nexus-session-upload", "webhook_pull": "nexus-webhook-pull"}
 
-DEFAULT_STORE_DIR_NAME = "nexus-store"
-AGENT_DATABASE_NAME = "openclaw-agent.sqlite"
-
 _TRUE_WORDS = {"1", "true", "yes", "on"}
 _FALSE_WORDS = {"0", "false", "no", "off"}
 
@@ -146,13 +143,6 @@ class JobEntry:
     ping_url: str | None = None
     config: Mapping[str, Any] = field(default_factory=dict)
     key_path: str = ""
-
-
-@dataclass(frozen=True)
-class Agent:
-    agent_id: str
-    sessions_dir: Path
-    workspace: Path
 
 
 def discover_config_path(flag: str | None, environ: Mapping[str, str]) -> Path | None:
@@ -435,115 +425,3 @@ def resolve_state_dir(*, flag: str | None, loaded: LoadedConfig) -> Path:
         return loaded.path.parent / "state"
     home = Path(env.get("HOME", str(Path.home())))
     return Path(env.get("XDG_STATE_HOME") or home / ".local" / "state") / "nexus-jobs"
-
-
-def openclaw_state_dir(loaded: LoadedConfig) -> Path:
-    """``$OPENCLAW_STATE_DIR`` > config ``openclawStateDir`` > ``~/.openclaw``."""
-    named = loaded.env.get("OPENCLAW_STATE_DIR") or loaded.data.get("openclawStateDir")
-    if named:
-        base = loaded.path.parent if loaded.path else Path.cwd()
-        return (base / Path(named).expanduser()).absolute()
-    return Path(loaded.env.get("HOME", str(Path.home()))) / ".openclaw"
-
-
-def resolve_agents(loaded: LoadedConfig) -> list[Agent]:
-    """The agents of the config file, or, when it lists none, every agent found under
-    ``<OpenClaw state dir>/agents/`` with a ``sessions`` directory or an agent database."""
-    root = openclaw_state_dir(loaded)
-    configured = loaded.data.get("agents") or {}
-    base = loaded.path.parent if loaded.path else Path.cwd()
-    if configured:
-        return [
-            Agent(
-                agent_id=agent_id,
-                sessions_dir=(base / Path(entry["sessionsDir"]).expanduser()).absolute()
-                if entry.get("sessionsDir")
-                else root / "agents" / agent_id / "sessions",
-                workspace=(base / Path(entry["workspace"]).expanduser()).absolute()
-                if entry.get("workspace")
-                else _default_workspace(root, agent_id),
-            )
-            for agent_id, entry in configured.items()
-        ]
-    agents_dir = root / "agents"
-    try:
-        names = sorted(entry.name for entry in os.scandir(agents_dir) if entry.is_dir())
-    except OSError:
-        return []
-    # An agent has a sessions directory (JSONL storage) or, from OpenClaw 2026.7.2 on, only
-    # its database; either makes it an agent.
-    return [
-        Agent(agent_id=name, sessions_dir=agents_dir / name / "sessions", workspace=_default_workspace(root, name))
-        for name in names
-        if (agents_dir / name / "sessions").is_dir() or (agents_dir / name / "agent" / AGENT_DATABASE_NAME).is_file()
-    ]
-
-
-def _default_workspace(root: Path, agent_id: str) -> Path:
-    # OpenClaw's own defaults: the main agent works in workspace/, others in workspace-<id>/.
-    return root / ("workspace" if agent_id == "main" else f"workspace-{agent_id}")
-
-
-# The Nexus backend, shared by every job that talks to it (top-level "nexus" section).
-NEXUS_OPTIONS = (
-    Option(
-        "nexus.endpoint",
-        str,
-        "",
-        "Nexus API base URL, or file:///dir for a local directory store (empty: the embedded store "
-        "in the state directory)",
-        flag="--endpoint",
-        env="NEXUS_ENDPOINT",
-    ),
-    Option(
-        "nexus.apiKey",
-        str,
-        "",
-        "Nexus API key; keep it in the environment or .env, not in config.json",
-        env="NEXUS_API_KEY",
-        secret=True,
-    ),
-    Option(
-        "nexus.authMode",
-        str,
-        "header",
-        "how the key is sent: header (x-functions-key) or query (?code=, for older deployments)",
-        env="NEXUS_AUTH_MODE",
-        choices=("header", "query"),
-    ),
-    Option(
-        "nexus.timeoutSeconds",
-        float,
-        60.0,
-        "read timeout of one request, in seconds",
-        env="NEXUS_TIMEOUT_SECONDS",
-        minimum=1,
-        maximum=3600,
-    ),
-    Option(
-        "nexus.retries",
-        int,
-        4,
-        "retries of a transient failure (connection, timeout, 429, 502-504) within one run",
-        env="NEXUS_RETRIES",
-        minimum=0,
-        maximum=10,
-    ),
-)
-
-
-def local_store_root(endpoint: str, *, state_dir: Path) -> Path | None:
-    """The directory of the embedded store, or None when ``endpoint`` is an HTTP backend:
-    no endpoint means ``<state dir>/nexus-store``; ``file:///dir`` means ``/dir``."""
-    if not endpoint:
-        return state_dir / DEFAULT_STORE_DIR_NAME
-    if endpoint.startswith("file://"):
-        from urllib.parse import unquote, urlsplit
-
-        parts = urlsplit(endpoint)
-        if parts.netloc not in ("", "localhost") or not parts.path:
-            raise ConfigError(f"nexus.endpoint: expected file:///absolute/dir, got {endpoint!r}")
-        return Path(unquote(parts.path))
-    if endpoint.startswith(("http://", "https://")):
-        return None
-    raise ConfigError(f"nexus.endpoint: expected an http(s):// URL or file:///dir, got {endpoint!r}")

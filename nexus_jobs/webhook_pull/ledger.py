@@ -12,7 +12,8 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
-from . import cli, state
+from ..core import state
+from ..core.secrets import redact
 
 RETENTION = timedelta(days=30)
 MAX_REASON_CHARS = 300
@@ -83,7 +84,7 @@ class Ledger:
     def dead_letter(self, item: Any, *, agent_id: str, reason: str) -> None:
         item_id = item.get("id") if isinstance(item, dict) else None
         self.dead_letters.append(
-            {"at": _now(), "agentId": agent_id, "reason": cli.redact(reason)[:MAX_REASON_CHARS], "item": item}
+            {"at": _now(), "agentId": agent_id, "reason": redact(reason)[:MAX_REASON_CHARS], "item": item}
         )
         state.write_json_atomic(self.dead_letter_path, {"items": self.dead_letters})
         log.warning("dead-lettered an item of agent %s (%s) into %s", agent_id, reason[:120], self.dead_letter_path)

@@ -10,47 +10,24 @@ import logging
 import os
 import sys
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from . import __version__, state
-from .config import JobEntry, Option
-from .errors import EXIT_OK, EXIT_SOFTWARE, JobError, LockHeld
+from .. import __version__
+from ..core import secrets, state
+from ..core.config import JobEntry, Option
+from ..core.errors import JobError, LockHeld
+from ..core.exits import Exit, word_of
+from ..core.secrets import redact
+from .summary import RunSummary
 
 log = logging.getLogger("nexus_jobs")
-
-OUTCOMES = {
-    0: "success",
-    1: "partial failure",
-    2: "usage error",
-    69: "backend unavailable",
-    70: "internal error",
-    75: "temporary failure",
-    77: "permission refused",
-    78: "configuration error",
-    130: "interrupted",
-}
-
-_secrets: set[str] = set()
-
-
-def register_secret(value: str | None) -> None:
-    """Make sure ``value`` never reaches logs, error messages or ``--json`` output."""
-    if value and len(value) >= 4:
-        _secrets.add(value)
-
-
-def redact(text: str) -> str:
-    for secret in sorted(_secrets, key=len, reverse=True):
-        text = text.replace(secret, "***")
-    return text
 
 
 class _RedactingFilter(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
-        if _secrets:
+        if secrets.known():
             record.msg = redact(record.getMessage())
             record.args = None
             if record.exc_info and record.exc_info[1] is not None:
@@ -169,38 +146,7 @@ def main(
             log.exception("internal error")
         else:
             log.error("internal error: %s: %s (run with --debug for details)", type(error).__name__, error)
-        return EXIT_SOFTWARE
-
-
-@dataclass
-class RunSummary:
-    """What one run did: counts per outcome, one line per failed item, and its exit code."""
-
-    job_id: str
-    job_type: str
-    exit_code: int = EXIT_OK
-    counts: dict[str, int] = field(default_factory=dict)
-    failures: list[str] = field(default_factory=list)
-    message: str = ""
-    details: dict[str, Any] = field(default_factory=dict)
-    # Figures that describe the job's state after the run (markers uploaded, rejected, dead
-    # letters...), kept in the run record for ``nexus-jobs status``.
-    standing: dict[str, int] = field(default_factory=dict)
-
-    def as_json(self, *, started: datetime, duration_seconds: float, dry_run: bool) -> dict[str, Any]:
-        return {
-            "job": self.job_id,
-            "type": self.job_type,
-            "outcome": OUTCOMES.get(self.exit_code, "failure"),
-            "exitCode": self.exit_code,
-            "dryRun": dry_run,
-            "startedAt": state.isoformat(started),
-            "durationSeconds": round(duration_seconds, 3),
-            "counts": self.counts,
-            "failures": self.failures,
-            "message": self.message,
-            **self.details,
-        }
+        return Exit.SOFTWARE
 
 
 def print_line(text: str) -> None:
@@ -232,14 +178,14 @@ def run_scheduled(
     job's lock (exit 75 if held), record the run, print the ``--json`` summary."""
     record_path = state.run_record_path(state_dir, job.job_id)
     if not args.force and not _should_run(job, state.read_json(record_path, repair=False)):
-        return EXIT_OK
+        return Exit.OK
     if args.dry_run:
         return _summarise(job, work, started=state.now_utc(), args=args, dry_run=True).exit_code
     state.ensure_directory(state_dir)
     with state.job_lock(state_dir, job.job_id):
         record = state.read_json(record_path, repair=True, consequence="the job runs now as if never run") or {}
         if not args.force and not _should_run(job, record):
-            return EXIT_OK  # another run finished while we were starting
+            return Exit.OK  # another run finished while we were starting
         started = state.now_utc()
         record.update(jobId=job.job_id, jobType=job.job_type, lastStartedAt=state.isoformat(started))
         state.write_json_atomic(record_path, record)
@@ -251,7 +197,7 @@ def run_scheduled(
             summary = _summarise(job, work, started=started, args=args)
             return summary.exit_code
         except Exception as error:
-            exit_code = error.exit_code if isinstance(error, JobError) else EXIT_SOFTWARE
+            exit_code = error.exit_code if isinstance(error, JobError) else Exit.SOFTWARE
             message = str(error) if isinstance(error, JobError) else f"internal error: {type(error).__name__}: {error}"
             summary = RunSummary(job.job_id, job.job_type, exit_code=exit_code, message=message)
             if args.json:
@@ -281,7 +227,7 @@ def _summarise(
     if args.json:
         print_json(summary.as_json(started=started, duration_seconds=_elapsed(started), dry_run=dry_run))
     if summary.message:
-        (log.info if summary.exit_code == EXIT_OK else log.warning)("%s", summary.message)
+        (log.info if summary.exit_code == Exit.OK else log.warning)("%s", summary.message)
     return summary
 
 
@@ -293,14 +239,14 @@ def _record_finish(record_path: Path, record: dict[str, Any], summary: RunSummar
     record.update(
         lastFinishedAt=state.isoformat(state.now_utc()),
         lastExitCode=summary.exit_code,
-        lastOutcome=OUTCOMES.get(summary.exit_code, "failure"),
+        lastOutcome=word_of(summary.exit_code),
         lastMessage=redact(summary.message),
         lastCounts=summary.counts,
         runs=int(record.get("runs", 0)) + 1,
     )
     if summary.standing:
         record["standing"] = summary.standing
-    if summary.exit_code == EXIT_OK:
+    if summary.exit_code == Exit.OK:
         record["lastSuccessStartedAt"] = state.isoformat(started)
         record["consecutiveFailures"] = 0
     else:

@@ -34,13 +34,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple, TypeVar
 
-from .config import AGENT_DATABASE_NAME
-from .openclaw import TOPIC_SEPARATOR, TRANSCRIPT_SUFFIX, ZSTD_SUFFIX
+from .agents import DATABASE_NAME
+from .files import TOPIC_SEPARATOR, TRANSCRIPT_SUFFIX, ZSTD_SUFFIX
 
 if TYPE_CHECKING:
     import sqlite3
 
-DATABASE_NAME = AGENT_DATABASE_NAME
 IMPORT_ARCHIVE_NAME = "session-sqlite-import-archive"
 # A locked database is waited for about 3 s in all; a writer that opens and closes the
 # database around us (its -wal coming and going) gets several quick attempts.

@@ -17,10 +17,20 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
 
-from . import cli, config, nexus_sessions, openclaw, state, transcripts, upload_markers
-from .errors import EXIT_OK, EXIT_PARTIAL, EXIT_TEMPFAIL, EXIT_UNAVAILABLE, AuthError, UsageError
-from .nexus_sessions import ALREADY_STORED, CONFLICT, FAILED, REFUSED, REJECTED, STORED, Outcome
-from .upload_markers import Found
+from ..cli import frame as cli
+from ..core import config, state
+from ..core.errors import AuthError, UsageError
+from ..core.exits import Exit
+from ..nexus import sessions as nexus_sessions
+from ..nexus import settings as nexus_settings
+from ..nexus.sessions import ALREADY_STORED, CONFLICT, FAILED, REFUSED, REJECTED, STORED, Outcome
+from ..nexus.settings import NexusSettings
+from ..openclaw import files as openclaw
+from ..openclaw.agents import Agent
+from ..openclaw.agents import resolve_agents as agents_of
+from . import markers as upload_markers
+from . import transcripts
+from .markers import Found
 
 if TYPE_CHECKING:
     import concurrent.futures
@@ -73,12 +83,9 @@ OPTIONS = (
 class Settings:
     job_id: str
     state_dir: Path
-    agents: tuple[config.Agent, ...]
+    agents: tuple[Agent, ...]
     endpoint: str
-    api_key: str
-    auth_mode: str
-    timeout_seconds: float
-    retries: int
+    nexus: NexusSettings
     grace_seconds: float
     concurrency: int
     max_bytes: int
@@ -94,7 +101,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = cli.new_parser(PROG, "Upload every completed OpenClaw session transcript to Nexus, once.")
-    cli.add_options(parser, (*config.NEXUS_OPTIONS, *OPTIONS))
+    cli.add_options(parser, (*nexus_settings.OPTIONS, *OPTIONS))
     parser.add_argument("--agent", action="append", metavar="ID", help="only this agent (repeatable)")
     parser.add_argument("--retry-rejected", action="store_true", help="try rejected and conflicting files again")
     return parser
@@ -111,13 +118,10 @@ def run(args: argparse.Namespace) -> int:
 
 def load_settings(loaded: config.LoadedConfig, job: config.JobEntry, args: argparse.Namespace) -> Settings:
     flags = vars(args)
-    nexus = config.resolve(
-        config.NEXUS_OPTIONS, loaded=loaded, section=loaded.data, section_path="", flags=flags, strict=False
-    )
+    nexus = nexus_settings.resolve(loaded, flags)
     own = config.resolve(OPTIONS, loaded=loaded, section=job.config, section_path=f"{job.key_path}.config", flags=flags)
-    cli.register_secret(nexus["nexus.apiKey"])
     state_dir = config.resolve_state_dir(flag=args.state_dir, loaded=loaded)
-    agents = config.resolve_agents(loaded)
+    agents = agents_of(loaded)
     wanted = list(args.agent or own["agents"])
     if wanted:
         known = {agent.agent_id: agent for agent in agents}
@@ -127,22 +131,19 @@ def load_settings(loaded: config.LoadedConfig, job: config.JobEntry, args: argpa
                 f"unknown agent {', '.join(map(repr, unknown))} (known: {', '.join(known) or 'none found'})"
             )
         agents = [known[agent_id] for agent_id in dict.fromkeys(wanted)]
-    endpoint = nexus["nexus.endpoint"]
+    endpoint = nexus.endpoint
     return Settings(
         job_id=job.job_id,
         state_dir=state_dir,
         agents=tuple(agents),
         endpoint=endpoint,
-        api_key=nexus["nexus.apiKey"],
-        auth_mode=nexus["nexus.authMode"],
-        timeout_seconds=nexus["nexus.timeoutSeconds"],
-        retries=nexus["nexus.retries"],
+        nexus=nexus,
         grace_seconds=own["graceMinutes"] * 60,
         concurrency=own["concurrency"],
         max_bytes=min(own["maxTranscriptBytes"], SERVER_LIMIT_BYTES) if endpoint else own["maxTranscriptBytes"],
         retention_seconds=own["retentionDays"] * 86400,
         retry_rejected=args.retry_rejected,
-        store_root=config.local_store_root(endpoint, state_dir=state_dir),
+        store_root=nexus.store_root(state_dir),
         show_progress=not (args.json or args.verbose or args.debug),
     )
 
@@ -230,8 +231,8 @@ def upload_all(settings: Settings, *, dry_run: bool) -> cli.RunSummary:
     summary.standing = upload_markers.standing(markers)
     summary.details["store"] = _store_description(settings)
     _finish(summary, counts)
-    if summary.exit_code == EXIT_OK and summary.details.get("databasesBusy"):
-        summary.exit_code = EXIT_TEMPFAIL  # nothing failed; a busy database is read next run
+    if summary.exit_code == Exit.OK and summary.details.get("databasesBusy"):
+        summary.exit_code = Exit.TEMPFAIL  # nothing failed; a busy database is read next run
     return summary
 
 
@@ -288,7 +289,7 @@ def _upload(
     if refused is not None:
         raise AuthError(f"{refused.detail}; stopped ({left} transcript(s) left for the next run)")
     if failures_in_a_row >= give_up_after or (failures_in_a_row and not answered):
-        summary.exit_code = EXIT_UNAVAILABLE
+        summary.exit_code = Exit.UNAVAILABLE
         summary.failures.append(
             f"backend unavailable: {failures_in_a_row} upload(s) failed in a row and none succeeded since; "
             f"{left + summary.counts['failed']} transcript(s) left for the next run"
@@ -299,14 +300,7 @@ def _upload(
 def _open_store(settings: Settings) -> nexus_sessions.SessionStore:
     if settings.store_root is not None:
         return nexus_sessions.FileSessionStore(settings.store_root)
-    return nexus_sessions.HttpSessionStore(
-        endpoint=settings.endpoint,
-        api_key=settings.api_key,
-        auth_mode=settings.auth_mode,
-        timeout_seconds=settings.timeout_seconds,
-        retries=settings.retries,
-        pool_size=settings.concurrency,
-    )
+    return nexus_sessions.HttpSessionStore(settings.nexus, pool_size=settings.concurrency)
 
 
 class Sent(NamedTuple):
@@ -378,8 +372,8 @@ def _store_description(settings: Settings) -> str:
 
 
 def _finish(summary: cli.RunSummary, counts: dict[str, int]) -> None:
-    if summary.exit_code == EXIT_OK and summary.failures:
-        summary.exit_code = EXIT_PARTIAL
+    if summary.exit_code == Exit.OK and summary.failures:
+        summary.exit_code = Exit.PARTIAL
     sent = counts["uploaded"] + counts["reuploaded"]
     parts = [f"uploaded {sent}" + (f" to {summary.details['store']}" if sent else "")]
     for key, words in (

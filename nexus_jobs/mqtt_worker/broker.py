@@ -10,8 +10,8 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from .errors import AuthError, BackendUnavailable, ConfigError
-from .mqtt_settings import Settings
+from ..core.errors import AuthError, BackendUnavailable, ConfigError
+from .settings import Settings
 
 log = logging.getLogger("nexus_jobs.mqtt_worker")
 

@@ -12,7 +12,9 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from . import openclaw, openclaw_sqlite, state
+from ..core import state
+from ..openclaw import database as openclaw_sqlite
+from ..openclaw import files as openclaw
 
 # A transcript file, or a transcript generation of an agent database.
 Found = openclaw.Transcript | openclaw_sqlite.Generation
