@@ -60,7 +60,7 @@ def test_success_pings_start_then_success_with_the_summary(
 def test_failure_pings_fail_with_the_summary_in_the_body(
     tmp_path: Path, clean_env: dict[str, str], nexus_webhooks: NexusWebhooksDouble, ping_server: PingDouble
 ) -> None:
-    nexus_webhooks.fail("GET /webhook/pending", 500, b'{"error": "storage offline"}')
+    nexus_webhooks.fail("GET /webhook/pending", 500, b'{"error": "storage offline"}', times=None)
     config = write_config(tmp_path, endpoint=nexus_webhooks.url, ping_url=f"{ping_server.url}/{CHECK_ID}")
     result = pull(config, clean_env)
     assert result.returncode == 69
@@ -95,7 +95,7 @@ def test_ping_server_down_does_not_fail_the_job(
 def test_ping_refused_by_the_monitor_does_not_fail_the_job(
     tmp_path: Path, clean_env: dict[str, str], nexus_webhooks: NexusWebhooksDouble, ping_server: PingDouble
 ) -> None:
-    ping_server.fail(f"POST /{CHECK_ID}/start", 404)
+    ping_server.fail(f"POST /{CHECK_ID}/start", 404, times=None)
     config = write_config(tmp_path, endpoint=nexus_webhooks.url, ping_url=f"{ping_server.url}/{CHECK_ID}")
     result = pull(config, clean_env)
     assert result.returncode == 0

@@ -17,7 +17,7 @@ import pytest
 
 from nexus_jobs.nexus.sessions import json_string
 from tests.conftest import assert_clean_failure, run_cli, script
-from tests.nexus_double import LIMIT_BYTES, NexusDouble
+from tests.nexus_double import LIMIT_BYTES, ROUTE, NexusDouble
 from tests.openclaw_tree import STAMP, Tree, build_realistic, make_old, new_session_id, transcript
 
 COMMAND = "nexus-session-upload"
@@ -140,7 +140,7 @@ def test_http_upload_sends_the_contract_and_second_run_sends_nothing(
 def test_query_auth_mode_sends_the_key_as_code(tree: Tree, env: dict[str, str], nexus: NexusDouble) -> None:
     result = run_cli(COMMAND, env=http_env(env, nexus, NEXUS_AUTH_MODE="query"))
     assert result.returncode == 0, result.stderr
-    assert all("code=" in request.path and "x-functions-key" not in request.headers for request in nexus.posts())
+    assert all("code" in request.query and "x-functions-key" not in request.headers for request in nexus.posts())
 
 
 def test_changed_file_is_uploaded_again_and_reported(tree: Tree, env: dict[str, str], nexus: NexusDouble) -> None:
@@ -171,7 +171,7 @@ def test_413_and_400_mark_rejected_without_retrying_every_run(
     name = f"{new_session_id()}.jsonl.reset.{STAMP}"
     (sessions / name).write_bytes(transcript("x"))
     environment = http_env(env, nexus, NEXUS_RETRIES="0")
-    nexus.faults = [fault]
+    nexus.fail(ROUTE, fault)
     result = run_cli(COMMAND, "--agent", "solo", env=environment)
     assert result.returncode == exit_code, result.stderr
     assert f"solo/{name}: rejected" in result.stderr
@@ -211,7 +211,11 @@ def test_409_with_a_different_sha256_is_a_conflict_not_marked_uploaded(
 
 
 def test_transient_failures_are_retried_within_the_run(tree: Tree, env: dict[str, str], nexus: NexusDouble) -> None:
-    nexus.faults = [503, ("status", 429, 0), "reset", ("sleep", 2.5), 502]
+    nexus.fail(ROUTE, 503)
+    nexus.fail(ROUTE, 429, headers={"Retry-After": "0"})
+    nexus.reset(ROUTE)
+    nexus.stall(ROUTE, 2.5)
+    nexus.fail(ROUTE, 502)
     result = run_cli(
         COMMAND, "--concurrency", "1", env=http_env(env, nexus, NEXUS_TIMEOUT_SECONDS="1", NEXUS_RETRIES="5")
     )
@@ -223,12 +227,12 @@ def test_backend_down_exits_69_and_leaves_everything_for_the_next_run(
     tree: Tree, env: dict[str, str], nexus: NexusDouble
 ) -> None:
     environment = http_env(env, nexus, NEXUS_RETRIES="1")
-    nexus.faults = [503] * 200
+    nexus.fail(ROUTE, 503, times=None)
     result = run_cli(COMMAND, "--concurrency", "1", env=environment)
     assert_clean_failure(result, 69)
     assert "backend unavailable" in result.stderr
     assert not markers(env).get("main")
-    nexus.faults = []
+    nexus.heal()
     assert run_cli(COMMAND, env=environment).returncode == 0
     assert {name for (_, name) in nexus.stored} == set(tree.expected_uploads)
 
@@ -256,7 +260,8 @@ def test_refused_key_exits_77_and_never_shows_the_key(tree: Tree, env: dict[str,
 
 
 def test_api_key_never_appears_even_with_debug(tree: Tree, env: dict[str, str], nexus: NexusDouble) -> None:
-    nexus.faults = [503, "reset"]
+    nexus.fail(ROUTE, 503)
+    nexus.reset(ROUTE)
     result = run_cli(COMMAND, "--debug", "--json", "-v", env=http_env(env, nexus, NEXUS_AUTH_MODE="query"))
     assert result.returncode == 0, result.stderr
     assert "POST /sessions" in result.stderr, "debug output shows the requests"
@@ -604,7 +609,7 @@ def test_retry_after_is_honoured(env: dict[str, str], nexus: NexusDouble) -> Non
     sessions = Path(env["OPENCLAW_STATE_DIR"]) / "agents" / "one" / "sessions"
     sessions.mkdir(parents=True)
     (sessions / f"{new_session_id()}.jsonl.reset.{STAMP}").write_bytes(transcript("one"))
-    nexus.faults = [("status", 503, 2)]
+    nexus.fail(ROUTE, 503, headers={"Retry-After": "2"})
     started = time.monotonic()
     result = run_cli(COMMAND, "--agent", "one", env=http_env(env, nexus))
     assert result.returncode == 0, result.stderr

@@ -129,7 +129,7 @@ def test_pages_until_empty_and_stops_at_the_per_run_maximum(make: Any, nexus_web
 def test_get_failing_exits_69_and_delivers_nothing(make: Any, nexus_webhooks: NexusWebhooksDouble) -> None:
     setup = make(endpoint=nexus_webhooks.url)
     nexus_webhooks.add("main", item("a"))
-    nexus_webhooks.fail("GET /webhook/pending", 500, b'{"error": "database down"}')
+    nexus_webhooks.fail("GET /webhook/pending", 500, b'{"error": "database down"}', times=None)
     result = setup.run()
     assert_clean_failure(result, 69)
     assert "500" in result.stderr and "database down" in result.stderr
@@ -191,7 +191,7 @@ def test_malformed_response_bodies_are_a_clean_69(
     make: Any, nexus_webhooks: NexusWebhooksDouble, body: bytes, what: str
 ) -> None:
     setup = make(endpoint=nexus_webhooks.url)
-    nexus_webhooks.fail("GET /webhook/pending", 200, body)
+    nexus_webhooks.fail("GET /webhook/pending", 200, body, times=None)
     result = setup.run()
     assert_clean_failure(result, 69)
     assert what in result.stderr
@@ -274,7 +274,7 @@ def test_hook_503_is_transient_then_delivered(
 ) -> None:
     setup = make(endpoint=nexus_webhooks.url, delivery=["hook"], gatewayUrl=gateway.url, hookRetries=0)
     nexus_webhooks.add("main", item("t1"))
-    gateway.fail("POST /hooks/agent", 503)
+    gateway.fail("POST /hooks/agent", 503, times=None)
     result = setup.run()
     assert result.returncode == 1 and "503" in result.stderr and "Traceback" not in result.stderr
     assert nexus_webhooks.acknowledged == []
