@@ -14,6 +14,8 @@ from nexus_jobs.nexus import settings as nexus_settings
 from nexus_jobs.openclaw import agents as openclaw_agents
 from nexus_jobs.session_upload import command as session_upload
 
+pytestmark = pytest.mark.inprocess
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
