@@ -144,7 +144,7 @@ def load_settings(loaded: config.LoadedConfig, job: config.JobEntry, args: argpa
         retention_seconds=own["retentionDays"] * 86400,
         retry_rejected=args.retry_rejected,
         store_root=nexus.store_root(state_dir),
-        show_progress=not (args.json or args.verbose or args.debug),
+        show_progress=not (args.json or args.debug),
     )
 
 
@@ -219,7 +219,7 @@ def upload_all(settings: Settings, *, dry_run: bool) -> cli.RunSummary:
     if dry_run:
         for transcript, marker in todo:
             why = "changed since upload" if marker else transcript.origin
-            cli.print_line(f"would upload {transcript.agent_id}/{transcript.name} ({transcript.extent}, {why})")
+            summary.would(f"would upload {transcript.agent_id}/{transcript.name} ({transcript.extent}, {why})")
         counts["wouldUpload"] = len(todo)
     else:
         try:

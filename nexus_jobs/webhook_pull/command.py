@@ -229,7 +229,7 @@ def handle_item(item: Any, *, agent_id: str, settings: Settings, ledger: Ledger,
         summary.counts["alreadyDelivered"] += 1
         return item_id
     if settings.dry_run:
-        log.info("would deliver %s to agent %s by %s", item_id, agent_id, ", ".join(settings.options["delivery"]))
+        summary.would(f"would deliver {item_id} to agent {agent_id} by {', '.join(settings.options['delivery'])}")
         return None
     try:
         deliver(item, agent_id=agent_id, settings=settings, ledger=ledger)
