@@ -248,3 +248,53 @@ def test_a_stopped_upload_keeps_its_work_and_is_recorded_as_interrupted(
     assert subprocess.run([script("nexus-session-upload")], env=env, check=False).returncode == 0
     sent = {request.body["fileName"] for request in nexus.posts() if request.body}
     assert sent == set(tree.expected_uploads)
+
+
+def _run_on_a_terminal(argv: list[str], env: dict[str, str]) -> tuple[int, str]:
+    """Run ``argv`` with stderr on a pseudo-terminal (as an operator at a shell); its output."""
+    import pty
+
+    controller, terminal = pty.openpty()
+    process = subprocess.Popen(argv, env={**env, "COLUMNS": "100"}, stdin=subprocess.DEVNULL, stderr=terminal)
+    os.close(terminal)
+    chunks = []
+    while True:
+        try:
+            chunk = os.read(controller, 65536)
+        except OSError:  # EIO: the process closed the terminal
+            break
+        if not chunk:
+            break
+        chunks.append(chunk)
+    os.close(controller)
+    return process.wait(timeout=60), b"".join(chunks).decode("utf-8", "replace")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("verbose", [False, True])
+def test_progress_bar_on_a_terminal_shows_bytes_rate_errors_and_ends_with_one_line(
+    tmp_path: Path, clean_env: dict[str, str], verbose: bool
+) -> None:
+    tree = build_realistic(tmp_path / "openclaw")
+    env = {**clean_env, "OPENCLAW_STATE_DIR": str(tree.root), "NEXUS_STATE_DIR": str(tmp_path / "state")}
+    code, output = _run_on_a_terminal([script("nexus-session-upload"), *(["-v"] if verbose else [])], env)
+    assert code == 0, output
+    total = len(tree.expected_uploads)
+    assert "uploading: " in output and " files |" in output and "left, " in output and "error(s)" in output
+    lines = [line for line in output.replace("\r", "\n").splitlines() if line.strip()]
+    last = lines[-1 if not verbose else -2]
+    assert last.startswith(f"uploading: {total}/{total} files, ") and "B in " in last and "0 error(s)" in last
+    if verbose:
+        assert lines[-1].startswith("nexus-session-upload: uploaded"), output
+
+
+def test_human_bytes() -> None:
+    from nexus_jobs.cli.progress import human_bytes
+
+    assert [human_bytes(n) for n in (0, 999, 1000, 2_500_000, 3e12)] == [
+        "0 B",
+        "999 B",
+        "1.0 kB",
+        "2.5 MB",
+        "3000.0 GB",
+    ]

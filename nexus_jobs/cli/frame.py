@@ -22,6 +22,7 @@ from ..core.config import JobEntry, Option
 from ..core.errors import JobError, LockHeld
 from ..core.exits import DISABLED, NOT_DUE, Exit, word_of
 from ..core.secrets import redact
+from .progress import progress as progress
 from .summary import RunSummary, result_object
 
 log = logging.getLogger("nexus_jobs")
@@ -398,27 +399,3 @@ def _whole(value: Any) -> int:
 
 def _redacted(item: dict[str, str]) -> dict[str, str]:
     return {key: redact(str(value)) for key, value in item.items()}
-
-
-class _NoProgress:
-    def update(self, count: int = 1) -> None:
-        pass
-
-    def close(self) -> None:
-        pass
-
-
-def progress(*, total: int, description: str, enabled: bool) -> Any:
-    """A progress bar on stderr when it is a terminal; nothing under cron or systemd."""
-    if not enabled or total < 2 or not sys.stderr.isatty():
-        return _NoProgress()
-    from tqdm import tqdm  # imported here: only terminals need it
-
-    try:
-        columns, rows = os.get_terminal_size(sys.stderr.fileno())
-    except OSError:
-        columns, rows = 0, 0
-    # A pseudo-terminal may report a size of 0x0; tqdm would then draw nothing at all.
-    return tqdm(
-        total=total, desc=description, unit="file", file=sys.stderr, leave=False, ncols=columns or 80, nrows=rows or 24
-    )

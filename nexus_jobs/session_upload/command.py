@@ -275,7 +275,7 @@ def _upload(
                     transcript, marker = in_flight.pop(future)
                     sent = future.result()
                     outcome = sent.outcome
-                    bar.update()
+                    bar.update(nbytes=sent.size or 0, failed=outcome.kind in (FAILED, REJECTED, CONFLICT))
                     _record(sent, transcript, marker, markers=markers, summary=summary)
                     if outcome.kind == REFUSED:
                         refused = outcome
