@@ -13,7 +13,6 @@ import io
 import json
 import logging
 import os
-import shutil
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -410,6 +409,7 @@ def old_state_dir(loaded: LoadedConfig) -> Path | None:
 def _move_state(old: Path, new: Path) -> None:
     """Move the old state directory into place as a whole: a copy under a temporary name,
     a rename, then removal of the old one; an interrupted move leaves the old one intact."""
+    import shutil  # imported here: it imports bz2 and lzma, milliseconds on every start
     try:
         if new.exists() and any(new.iterdir()):
             log.warning("state in %s is ignored: %s already holds state (move or remove one)", old, new)
