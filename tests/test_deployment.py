@@ -203,3 +203,22 @@ def test_the_dockerfile_builds_what_the_compose_example_runs() -> None:
     assert "pip install --no-cache-dir ." in text
     assert "USER 1000:1000" in instructions and 'user: "1000:1000"' in (REPO / "README.md").read_text()
     assert instructions[-1] == 'CMD ["mqtt-job-worker", "--verbose"]'
+
+
+def test_readme_reads_top_down_for_an_operator() -> None:
+    from nexus_jobs.core.exits import Exit
+
+    text = (REPO / "README.md").read_text()
+    headings = [line[3:] for line in text.splitlines() if line.startswith("## ")]
+    order = ["Two commands", "Install", "From clone to scheduled jobs", "The commands", "Configuration"]
+    order += ["Troubleshooting", "Where the logs go", "What was uploaded or rejected", "Re-uploading a file"]
+    order += ["Upgrade", "Uninstall"]
+    assert [heading for heading in headings if heading in order] == order
+    assert "bin/demo" in text and "bin/test" in text and (REPO / "bin" / "demo").exists()
+    table = text[text.index("## Troubleshooting") : text.index("## Where the logs go")]
+    for code in Exit:
+        assert f"| {int(code)} |" in table or f"{int(code)} / " in table or f"/ {int(code)} |" in table, code
+    # Installing and "from clone" use the same paths as the units and crontab.
+    assert "/opt/nexus-jobs" in text and "/usr/local/bin/" in text
+    exit_codes = (REPO / "docs" / "exit-codes.md").read_text()
+    assert all(f"| {int(code)} | `{code.word}` |" in exit_codes for code in Exit)

@@ -139,7 +139,7 @@ def main(
     handle_sigterm: bool = True,
 ) -> int:
     """The one place where exceptions become a one-line message and a documented exit code.
-    With ``--json``, exactly one object is printed whatever happened (``docs/json-output.md``).
+    With ``--json``, exactly one object is printed whatever happened (``docs/operating.md``).
     Workers that stop on signals by their own flags pass ``handle_sigterm=False``."""
     global _json_printed
     _json_printed = False
@@ -210,7 +210,7 @@ def print_json(document: dict[str, Any]) -> None:
 
 # A start is recorded a moment after its trigger (process start-up, the lock, a job before it
 # in run-due): a job triggered exactly every intervalMinutes must still be due at each trigger
-# (docs/scheduling.md). A tenth of the interval, at most five minutes.
+# (docs/operating.md). A tenth of the interval, at most five minutes.
 DUE_TOLERANCE_FRACTION = 0.1
 DUE_TOLERANCE_MAX_SECONDS = 300.0
 # Set by ``nexus-jobs run-due`` for the jobs it starts: when the trigger fired.

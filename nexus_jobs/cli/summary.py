@@ -1,6 +1,6 @@
 """What one run did, as the frame records it, prints with ``--json`` and pings with.
 
-Every command prints the same object with ``--json`` (``docs/json-output.md``): the keys of
+Every command prints the same object with ``--json`` (``docs/operating.md``): the keys of
 :data:`COMMON_KEYS` always, whatever happened; what is particular to a command goes under
 ``details``.
 """

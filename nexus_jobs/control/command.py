@@ -77,7 +77,7 @@ def run(args: argparse.Namespace) -> int:
 def run_due(loaded: config.LoadedConfig, state_dir: Path, args: argparse.Namespace) -> int:
     """Each due job as a subprocess, one after the other; the result is the worst exit code.
     Every job is started with the moment run-due was triggered, so that a job waiting behind
-    another one is still on its schedule at the next trigger (docs/scheduling.md)."""
+    another one is still on its schedule at the next trigger (docs/operating.md)."""
     started = state.now_utc()
     results: list[dict[str, Any]] = []
     planned: list[str] = []

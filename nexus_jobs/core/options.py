@@ -3,7 +3,7 @@ environment variable and help; and the conversion of a raw value (from the confi
 flag or the environment) into a checked value, or a message saying what was expected.
 
 Hostile values are bad input, never a crash: NaN, infinity, numbers past the bounds and
-integers of hundreds of digits are refused with the expected range (docs/configuration.md).
+integers of hundreds of digits are refused with the expected range (docs/operating.md).
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 # A number option with no maximum of its own still gets one: minutes, seconds and counts past
-# a billion are mistakes, and larger values overflow the clock arithmetic (docs/configuration.md).
+# a billion are mistakes, and larger values overflow the clock arithmetic (docs/operating.md).
 LARGEST_NUMBER = 1_000_000_000
 
 _TRUE_WORDS = {"1", "true", "yes", "on"}
