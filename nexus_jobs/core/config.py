@@ -13,7 +13,7 @@ import io
 import json
 import logging
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -348,6 +348,21 @@ def resolve(
     return values
 
 
+def gather(*steps: Callable[[], Any]) -> list[Any]:
+    """The results of ``steps`` (each resolving one section of settings), or one
+    :class:`ConfigError` with the problems of every step that failed: the operator sees all
+    of them in one report, not one section per attempt."""
+    results, problems = [], []
+    for step in steps:
+        try:
+            results.append(step())
+        except ConfigError as error:
+            problems.extend(error.problems)
+    if problems:
+        raise ConfigError(problems)
+    return results
+
+
 _MISSING = object()
 
 
@@ -410,6 +425,7 @@ def _move_state(old: Path, new: Path) -> None:
     """Move the old state directory into place as a whole: a copy under a temporary name,
     a rename, then removal of the old one; an interrupted move leaves the old one intact."""
     import shutil  # imported here: it imports bz2 and lzma, milliseconds on every start
+
     try:
         if new.exists() and any(new.iterdir()):
             log.warning("state in %s is ignored: %s already holds state (move or remove one)", old, new)

@@ -118,8 +118,12 @@ def run(args: argparse.Namespace) -> int:
 
 def load_settings(loaded: config.LoadedConfig, job: config.JobEntry, args: argparse.Namespace) -> Settings:
     flags = vars(args)
-    nexus = nexus_settings.resolve(loaded, flags)
-    own = config.resolve(OPTIONS, loaded=loaded, section=job.config, section_path=f"{job.key_path}.config", flags=flags)
+    nexus, own = config.gather(
+        lambda: nexus_settings.resolve(loaded, flags),
+        lambda: config.resolve(
+            OPTIONS, loaded=loaded, section=job.config, section_path=f"{job.key_path}.config", flags=flags
+        ),
+    )
     state_dir = config.resolve_state_dir(flag=args.state_dir, loaded=loaded)
     agents = agents_of(loaded)
     wanted = list(args.agent or own["agents"])
