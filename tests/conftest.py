@@ -39,6 +39,7 @@ _FOREIGN_PREFIXES = (
 
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "slow: process-level tests that run commands and services")
+    config.addinivalue_line("markers", "inprocess: fast tests in the pytest process (bin/test --fast runs these)")
 
 
 def free_port() -> int:

@@ -25,6 +25,7 @@ from nexus_jobs.webhook_pull import command as webhook_pull
 from tests import corpus
 
 CASES = corpus.cases("config")
+pytestmark = pytest.mark.inprocess
 
 
 def _config_bytes(case: dict[str, Any]) -> bytes:
