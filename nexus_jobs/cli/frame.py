@@ -9,7 +9,6 @@ import contextlib
 import json
 import logging
 import os
-import signal
 import sys
 from collections.abc import Callable, Iterable, Sequence
 from datetime import datetime, timedelta
@@ -130,17 +129,26 @@ def _on_sigterm(signum: int, frame: Any) -> None:
     raise Terminated()
 
 
+def _handle_signals() -> None:
+    """From here on the run changes state: SIGTERM is handled like Ctrl-C, and past a file
+    size limit (ulimit -f) a write fails with EFBIG, reported with its path, instead of the
+    signal killing the process without a word. (Not earlier: importing ``signal`` costs a
+    not-due run about half a millisecond.)"""
+    import signal
+
+    signal.signal(signal.SIGTERM, _on_sigterm)
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+
+
 def main(
     *,
     prog: str,
     parser: argparse.ArgumentParser,
     run: Callable[[argparse.Namespace], int],
     argv: Sequence[str] | None,
-    handle_sigterm: bool = True,
 ) -> int:
     """The one place where exceptions become a one-line message and a documented exit code.
-    With ``--json``, exactly one object is printed whatever happened (``docs/operating.md``).
-    Workers that stop on signals by their own flags pass ``handle_sigterm=False``."""
+    With ``--json``, exactly one object is printed whatever happened (``docs/operating.md``)."""
     global _json_printed
     _json_printed = False
     arguments = list(sys.argv[1:] if argv is None else argv)
@@ -151,11 +159,6 @@ def main(
             print_json(result_object(job=None, job_type=None, exit_code=Exit.USAGE, message="invalid arguments"))
         raise
     setup_logging(prog, verbose=args.verbose, debug=args.debug)
-    if handle_sigterm:
-        signal.signal(signal.SIGTERM, _on_sigterm)
-    # Past a file size limit (ulimit -f) a write fails with EFBIG, reported with its path,
-    # instead of the signal killing the process without a word.
-    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
     try:
         return run(args)
     except LockHeld as error:
@@ -253,6 +256,7 @@ def run_scheduled(
         return _skipped(job, args, *skip)
     if args.dry_run:
         return _summarise(job, work, started=state.now_utc(), args=args, dry_run=True).exit_code
+    _handle_signals()
     state.ensure_directory(state_dir)
     with contextlib.ExitStack() as held:
         try:
