@@ -476,3 +476,18 @@ def test_check_config_unreachable_worker_backends_fail_with_69(install: Install)
     failed = check_lines(result)["FAIL"]
     assert {line.split(":")[0] for line in failed} == {"bsnexus server", "bsnexus redis", "mqtt broker"}
     assert "Traceback" not in result.stdout + result.stderr
+
+
+def test_check_config_warns_about_an_api_key_in_the_file_and_state_left_beside_it(install: Install) -> None:
+    document = {"nexus": {"endpoint": "file:///tmp/nexus-store-check", "apiKey": "in-the-file-key-123"}}
+    document["jobs"] = [webhook_job("wh")]
+    install.config.write_text(json.dumps(document))
+    old = install.root / "state"  # the old default, beside the config file
+    old.mkdir()
+    (old / "wh.json").write_text(json.dumps({"version": 1, "runs": 1}))
+    result = install.jobs("check-config")
+    warnings = check_lines(result).get("warn", [])
+    assert any("nexus.apiKey: the API key is in the config file" in line for line in warnings), result.stdout
+    assert any("holds state of an earlier release; the next run moves it" in line for line in warnings)
+    assert "in-the-file-key-123" not in result.stdout + result.stderr
+    assert (old / "wh.json").exists(), "check-config moves nothing"
