@@ -479,7 +479,7 @@ def test_check_config_unreachable_worker_backends_fail_with_69(install: Install)
 
 
 def test_check_config_warns_about_an_api_key_in_the_file_and_state_left_beside_it(install: Install) -> None:
-    document = {"nexus": {"endpoint": "file:///tmp/nexus-store-check", "apiKey": "in-the-file-key-123"}}
+    document: dict[str, Any] = {"nexus": {"endpoint": "file:///tmp/nexus-store-check", "apiKey": "in-the-file-key-123"}}
     document["jobs"] = [webhook_job("wh")]
     install.config.write_text(json.dumps(document))
     old = install.root / "state"  # the old default, beside the config file
