@@ -37,6 +37,11 @@ _FOREIGN_PREFIXES = (
 )
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "slow: process-level tests that run commands and services")
+    config.addinivalue_line("markers", "inprocess: fast tests in the pytest process (bin/test --fast runs these)")
+
+
 def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
         probe.bind(("127.0.0.1", 0))

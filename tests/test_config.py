@@ -127,10 +127,52 @@ def test_state_dir_order(tmp_path: Path) -> None:
         config_flag=str(bare), environ={"HOME": str(tmp_path), "STATE_DIRECTORY": "/var/lib/a:/var/lib/b"}
     )
     assert config.resolve_state_dir(flag=None, loaded=loaded) == Path("/var/lib/a")
+    # Never beside the config file: adding a config must not move the state (docs/operating.md).
     loaded = config.load(config_flag=str(bare), environ={"HOME": str(tmp_path)})
-    assert config.resolve_state_dir(flag=None, loaded=loaded) == tmp_path / "etc2" / "state"
+    assert config.resolve_state_dir(flag=None, loaded=loaded) == tmp_path / ".local" / "state" / "nexus-jobs"
     nothing = config.LoadedConfig(path=None, data={}, env={"HOME": str(tmp_path)})
     assert config.resolve_state_dir(flag=None, loaded=nothing) == tmp_path / ".local" / "state" / "nexus-jobs"
+
+
+def test_flag_and_environment_state_dirs_are_relative_to_the_working_directory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    path = write(tmp_path / "demo" / "config.json", {})
+    loaded = config.load(config_flag=str(path), environ={"HOME": str(tmp_path)})
+    assert config.resolve_state_dir(flag="demo/state", loaded=loaded) == tmp_path / "demo" / "state"
+
+
+def test_state_of_the_old_default_beside_the_config_is_moved_once(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    path = write(tmp_path / "etc" / "config.json", {})
+    old = tmp_path / "etc" / "state"
+    write(old / "session-upload.json", {"version": 1, "runs": 3})
+    write(old / "session-upload.markers.json", {"version": 1, "agents": {}})
+    loaded = config.load(config_flag=str(path), environ={"HOME": str(tmp_path)})
+    assert config.resolve_state_dir(flag=None, loaded=loaded, adopt_old_state=False) != old
+    assert old.is_dir(), "check-config looks without moving anything"
+    new = config.resolve_state_dir(flag=None, loaded=loaded)
+    assert sorted(p.name for p in new.iterdir()) == ["session-upload.json", "session-upload.markers.json"]
+    assert json.loads((new / "session-upload.json").read_text())["runs"] == 3
+    assert not old.exists()
+    moved = [r.getMessage() for r in caplog.records if "moved the state" in r.getMessage()]
+    assert len(moved) == 1 and str(old) in moved[0] and str(new) in moved[0]
+    caplog.clear()
+    assert config.resolve_state_dir(flag=None, loaded=loaded) == new
+    assert not caplog.records
+
+
+def test_old_state_that_cannot_be_moved_is_a_config_error_naming_both_paths(tmp_path: Path) -> None:
+    path = write(tmp_path / "etc" / "config.json", {})
+    write(tmp_path / "etc" / "state" / "job.json", {"version": 1})
+    blocker = tmp_path / "home-file"
+    blocker.write_text("")
+    loaded = config.load(config_flag=str(path), environ={"HOME": str(tmp_path), "XDG_STATE_HOME": str(blocker)})
+    with pytest.raises(ConfigError, match=r"cannot move it to .*--state-dir"):
+        config.resolve_state_dir(flag=None, loaded=loaded)
+    assert (tmp_path / "etc" / "state" / "job.json").is_file()
 
 
 def test_agents_are_discovered_when_not_listed(tmp_path: Path) -> None:

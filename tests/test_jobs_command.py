@@ -96,14 +96,18 @@ def test_status_of_a_fresh_install_shows_the_default_job(clean_env: dict[str, st
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()
     assert lines[0] == "config: none found (defaults)"
-    assert lines[2].split()[:3] == ["JOB", "TYPE", "ENABLED"]
-    row = lines[3].split()
-    assert row[:3] == ["session-upload", "session_upload", "yes"] and "never run" in lines[3]
-    assert row[-1] == "free"
+    assert lines[2].split()[:2] == ["JOB", "EVERY"]
+    assert lines[3].split()[0] == "session-upload" and "never run" in lines[3] and "now" in lines[3]
+    assert all(len(line) <= 80 for line in lines[2:])  # paths above the table are as long as they are
     document = json.loads(run_cli("nexus-jobs", "status", "--json", env=clean_env).stdout)
-    (job,) = document["jobs"]
+    assert (document["outcome"], document["exitCode"], document["counts"]["jobs"]) == ("success", 0, 1)
+    (job,) = document["details"]["jobs"]
     assert job["job"] == "session-upload" and job["lastRun"] is None and job["due"] is True
     assert job["lockHeld"] is False and job["deadLetters"] == 0
+
+
+def status_rows(result: Any) -> dict[str, str]:
+    return {line.split()[0]: line for line in result.stdout.splitlines()[3:] if line and not line.startswith(" ")}
 
 
 def test_status_after_success_failure_and_with_a_held_lock(
@@ -129,27 +133,89 @@ def test_status_after_success_failure_and_with_a_held_lock(
     assert failed.returncode == 69
     held_lock("off")
 
+    # Like systemctl is-failed: a job whose last run failed makes status fail (exit 3).
     result = install.jobs("status")
-    assert result.returncode == 0, result.stderr
-    rows = {
-        line.split()[0]: line
-        for line in result.stdout.splitlines()[3:]
-        if line.split()[0] in ("local", "remote", "off")
-    }
-    assert "success" in rows["local"] and "delivered 2" in rows["local"] and "30m" in rows["local"]
-    assert rows["local"].rstrip().endswith("free")
+    assert result.returncode == 3, result.stderr
+    assert all(len(line) <= 80 for line in result.stdout.splitlines()[2:]), result.stdout
+    rows = status_rows(result)
+    assert "success" in rows["local"] and "30m" in rows["local"]
+    assert "local: last run: acknowledged 2, delivered 2" in result.stdout, result.stdout
+    assert "local: in total: delivered 2" in result.stdout
     assert "unavailable (69)" in rows["remote"] and "now" in rows["remote"]
-    assert "disabled" in rows["off"] and rows["off"].rstrip().endswith("held") and "never run" in rows["off"]
+    assert "disabled" in rows["off"] and "running" in rows["off"]
     assert "remote: " in result.stdout and "connection refused" in result.stdout
 
-    jobs = {job["job"]: job for job in json.loads(install.jobs("status", "--json").stdout)["jobs"]}
+    document = json.loads(install.jobs("status", "--json").stdout)
+    assert (document["exitCode"], document["outcome"], document["counts"]["failed"]) == (3, "failed", 1)
+    jobs = {job["job"]: job for job in document["details"]["jobs"]}
     local = jobs["local"]
     assert local["lastResult"] == "success" and local["due"] is False and local["nextDue"] is not None
     assert local["counts"]["delivered"] == 2 and local["standing"]["delivered"] == 2
     assert jobs["remote"]["lastExitCode"] == 69 and jobs["remote"]["due"] is True
     assert jobs["remote"]["consecutiveFailures"] == 1
     assert jobs["off"]["lockHeld"] is True and jobs["off"]["enabled"] is False
+    assert jobs["off"]["lastResult"] == "running"
     assert API_KEY not in result.stdout + result.stderr
+    # One job's view: only that job, exit code of that job alone.
+    only = install.jobs("status", "--job", "local")
+    assert only.returncode == 0 and "remote" not in only.stdout and "runs: 1" in only.stdout
+
+
+def test_status_shows_a_run_in_progress_as_running_never_the_previous_result(install: Install, held_lock: Any) -> None:
+    install.write([webhook_job("wh")])
+    install.pending("a1")
+    assert run_cli("nexus-webhook-pull", "--config", str(install.config), env=install.env).returncode == 0
+    record = install.record("wh")
+    # A run has started (its start is recorded, its lock held) and not finished.
+    record["lastStartedAt"] = datetime.now(timezone.utc).isoformat(timespec="milliseconds")
+    (install.state_dir / "wh.json").write_text(json.dumps(record))
+    held_lock("wh")
+    result = install.jobs("status")
+    assert "running" in status_rows(result)["wh"] and "success" not in status_rows(result)["wh"]
+    assert result.returncode == 0
+
+
+def test_status_shows_a_run_that_never_recorded_its_end_as_killed(install: Install) -> None:
+    install.write([webhook_job("wh")])
+    install.state_dir.mkdir()
+    started = datetime.now(timezone.utc)
+    (install.state_dir / "wh.json").write_text(
+        json.dumps(
+            {
+                "version": 1,
+                "lastStartedAt": started.isoformat(),
+                "lastFinishedAt": (started - timedelta(hours=1)).isoformat(),
+                "lastOutcome": "success",
+                "lastExitCode": 0,
+            }
+        )
+    )
+    result = install.jobs("status")
+    assert "killed" in status_rows(result)["wh"] and result.returncode == 3
+
+
+def test_status_lists_the_files_that_need_the_operator(install: Install) -> None:
+    install.write([{"id": "up", "type": "session_upload"}])
+    install.state_dir.mkdir()
+    reason = "the server refused it as too large (413): " + "limit is 10,485,760 bytes " * 3
+    files = {
+        "rejected": [{"name": "main/big.jsonl", "reason": reason}],
+        "conflicts": [{"name": "main/x.jsonl", "reason": "the server holds different content"}],
+    }
+    record = {"version": 1, "lastStartedAt": "2026-01-01T00:00:00+00:00", "lastFinishedAt": "2026-01-01T00:01:00+00:00"}
+    record.update(lastOutcome="partial", lastExitCode=1, files=files, standing={"uploaded": 3, "rejected": 1})
+    (install.state_dir / "up.json").write_text(json.dumps(record))
+    overview = install.jobs("status")
+    assert "up: in total: uploaded 3, rejected 1" in overview.stdout
+    assert "nexus-jobs status --job up --files all" in overview.stdout
+    listed = install.jobs("status", "--job", "up", "--files", "rejected")
+    assert "rejected: main/big.jsonl: the server refused it as too large" in listed.stdout
+    assert "main/x.jsonl" not in listed.stdout
+    assert all(len(line) <= 80 for line in listed.stdout.splitlines()), listed.stdout
+    both = install.jobs("status", "--job", "up", "--files", "all")
+    assert "main/x.jsonl" in both.stdout and "2 file(s)" in both.stdout
+    assert_clean_failure(install.jobs("status", "--files", "all"), 2)
+    assert_clean_failure(install.jobs("status", "--job", "nope"), 2)
 
 
 def test_status_shows_dead_letters(install: Install) -> None:
@@ -157,7 +223,7 @@ def test_status_shows_dead_letters(install: Install) -> None:
     install.write([webhook_job("wh", config={"delivery": ["command"], "command": fail, "maxDeliveryAttempts": 1})])
     install.pending("doomed")
     assert run_cli("nexus-webhook-pull", "--config", str(install.config), env=install.env).returncode == 1
-    (job,) = json.loads(install.jobs("status", "--json").stdout)["jobs"]
+    (job,) = json.loads(install.jobs("status", "--json").stdout)["details"]["jobs"]
     assert job["deadLetters"] == 1 and job["lastResult"] == "partial"
 
 
@@ -180,14 +246,18 @@ def test_run_due_honours_enabled_and_interval_across_invocations(install: Instal
     assert list((install.workspace / "inbox" / "webhooks").iterdir())  # the item was delivered
 
     second = json.loads(install.jobs("run-due", "--json").stdout)
-    ran = {job["job"]: job["ran"] for job in second["jobs"]}
+    ran = {job["job"]: job["ran"] for job in second["details"]["jobs"]}
     assert ran == {"hourly": False, "always": True, "disabled": False}
+    outcomes = {job["job"]: job["outcome"] for job in second["details"]["jobs"]}
+    assert outcomes == {"hourly": "not-due", "always": "success", "disabled": "disabled"}
+    assert {job["job"]: job["counts"] for job in second["details"]["jobs"]}["always"]["delivered"] == 0
     assert install.record("hourly")["runs"] == 1 and install.record("always")["runs"] == 2
 
-    install.age_last_success("hourly", 59)
+    # Not due well inside the interval; due within the tolerance before it (a tenth of it).
+    install.age_last_success("hourly", 53)
     assert install.jobs("run-due").returncode == 0
     assert install.record("hourly")["runs"] == 1
-    install.age_last_success("hourly", 61)
+    install.age_last_success("hourly", 59)
     assert install.jobs("run-due").returncode == 0
     assert install.record("hourly")["runs"] == 2 and install.record("always")["runs"] == 4
     assert not (install.state_dir / "disabled.json").exists()
@@ -207,8 +277,9 @@ def test_run_due_exit_code_is_the_worst_job_result(install: Install, held_lock: 
     result = install.jobs("run-due", "--json")
     assert result.returncode == 1, result.stderr
     document = json.loads(result.stdout.splitlines()[-1])
-    codes = {job["job"]: job["exitCode"] for job in document["jobs"]}
+    codes = {job["job"]: job["exitCode"] for job in document["details"]["jobs"]}
     assert codes == {"bad": 1, "good": 0, "busy": 75}
+    assert document["counts"] == {"jobs": 3, "ran": 3, "failed": 2, "wouldRun": 0}
     assert document["exitCode"] == 1 and "Traceback" not in result.stderr
 
 
@@ -216,6 +287,12 @@ def test_run_due_dry_run_runs_nothing(install: Install) -> None:
     install.write([webhook_job("wh")])
     result = install.jobs("run-due", "--dry-run", "-v")
     assert result.returncode == 0 and "wh: due" in result.stderr
+    assert result.stdout.splitlines() == [
+        "would run nexus-webhook-pull for job wh",
+        "dry run: 1 job(s) would run; nothing was changed",
+    ]
+    document = json.loads(install.jobs("run-due", "--dry-run", "--json").stdout)
+    assert document["dryRun"] is True and document["planned"] == ["would run nexus-webhook-pull for job wh"]
     assert not (install.state_dir / "wh.json").exists()
 
 
@@ -286,8 +363,8 @@ def test_check_config_backend_failures_set_the_exit_code(install: Install, nexus
     result = install.jobs("check-config", "--json")
     assert result.returncode == 78
     document = json.loads(result.stdout)
-    assert document["ok"] is False
-    assert any(c["status"] == "FAIL" and "NEXUS_API_KEY" in c["detail"] for c in document["checks"])
+    assert document["details"]["ok"] is False and document["outcome"] == "config"
+    assert any(c["status"] == "FAIL" and "NEXUS_API_KEY" in c["detail"] for c in document["details"]["checks"])
 
 
 def test_check_config_state_dir_and_agents(install: Install) -> None:
@@ -344,17 +421,28 @@ def test_malformed_config_status_and_run_due(install: Install) -> None:
         assert "jobs[0].type" in result.stderr
 
 
-def test_check_config_without_a_webhook_job_only_heads_the_sessions_api(
-    install: Install, nexus_webhooks: NexusWebhooksDouble
-) -> None:
-    install.write([{"id": "up", "type": "session_upload", "config": {"graceMinutes": 5}}], endpoint=nexus_webhooks.url)
+def test_check_config_without_a_webhook_job_only_heads_the_sessions_api(install: Install, nexus: Any) -> None:
+    install.write([{"id": "up", "type": "session_upload", "config": {"graceMinutes": 5}}], endpoint=nexus.url)
+    install.env["NEXUS_API_KEY"] = nexus.api_key
     result = install.jobs("check-config")
     assert result.returncode == 0, result.stdout + result.stderr
     assert any(line.startswith("nexus backend: Nexus sessions API") for line in check_lines(result)["ok"])
-    assert [(r.method, r.path) for r in nexus_webhooks.requests] == [("HEAD", "/sessions")]
+    assert [(r.method, r.path) for r in nexus.requests] == [("HEAD", "/sessions")]
     install.env["NEXUS_API_KEY"] = "not-the-key-123"
     result = install.jobs("check-config")
     assert result.returncode == 77 and "not-the-key-123" not in result.stdout + result.stderr
+
+
+def test_check_config_fails_on_an_endpoint_that_answers_404(
+    install: Install, nexus_webhooks: NexusWebhooksDouble
+) -> None:
+    # A server that has no /sessions route: the endpoint's path is wrong.
+    install.write([{"id": "up", "type": "session_upload"}], endpoint=nexus_webhooks.url + "/wrong")
+    result = install.jobs("check-config")
+    assert result.returncode == 78, result.stdout + result.stderr
+    (line,) = [line for line in check_lines(result)["FAIL"] if line.startswith("nexus backend:")]
+    assert "answered 404" in line and "nexus.endpoint must be the API base URL" in line
+    assert nexus_webhooks.url + "/wrong/sessions" in line and API_KEY not in result.stdout
 
 
 def test_check_config_reaches_the_worker_backends(
@@ -388,3 +476,18 @@ def test_check_config_unreachable_worker_backends_fail_with_69(install: Install)
     failed = check_lines(result)["FAIL"]
     assert {line.split(":")[0] for line in failed} == {"bsnexus server", "bsnexus redis", "mqtt broker"}
     assert "Traceback" not in result.stdout + result.stderr
+
+
+def test_check_config_warns_about_an_api_key_in_the_file_and_state_left_beside_it(install: Install) -> None:
+    document: dict[str, Any] = {"nexus": {"endpoint": "file:///tmp/nexus-store-check", "apiKey": "in-the-file-key-123"}}
+    document["jobs"] = [webhook_job("wh")]
+    install.config.write_text(json.dumps(document))
+    old = install.root / "state"  # the old default, beside the config file
+    old.mkdir()
+    (old / "wh.json").write_text(json.dumps({"version": 1, "runs": 1}))
+    result = install.jobs("check-config")
+    warnings = check_lines(result).get("warn", [])
+    assert any("nexus.apiKey: the API key is in the config file" in line for line in warnings), result.stdout
+    assert any("holds state of an earlier release; the next run moves it" in line for line in warnings)
+    assert "in-the-file-key-123" not in result.stdout + result.stderr
+    assert (old / "wh.json").exists(), "check-config moves nothing"

@@ -406,7 +406,9 @@ def test_disabled_job_does_not_run(tree: Tree, env: dict[str, str], tmp_path: Pa
 def test_dry_run_lists_and_changes_nothing(tree: Tree, env: dict[str, str]) -> None:
     result = run_cli(COMMAND, "--dry-run", env=env)
     assert result.returncode == 0, result.stderr
-    listed = {line.split()[2].split("/", 1)[1] for line in result.stdout.splitlines()}
+    *lines, total = result.stdout.splitlines()
+    assert total == f"dry run: {len(lines)} item(s) would be handled; nothing was changed"
+    listed = {line.split()[2].split("/", 1)[1] for line in lines}
     assert {name.removesuffix(".zst") for name in listed} == set(tree.expected_uploads)
     assert not Path(env["NEXUS_STATE_DIR"]).exists()
 
@@ -418,7 +420,7 @@ def test_json_summary(tree: Tree, env: dict[str, str]) -> None:
     assert summary["job"] == "session-upload" and summary["exitCode"] == 0
     assert summary["counts"]["uploaded"] == len(tree.expected_uploads)
     assert summary["counts"]["waiting"] == len(tree.held_back)
-    assert summary["store"].endswith("nexus-store/inbox") and summary["durationSeconds"] >= 0
+    assert summary["details"]["store"].endswith("nexus-store/inbox") and summary["durationSeconds"] >= 0
 
 
 def test_file_endpoint_stores_in_that_directory(tree: Tree, env: dict[str, str], tmp_path: Path) -> None:
@@ -492,7 +494,7 @@ def test_fifo_and_corrupt_zst_are_rejected_without_hanging(env: dict[str, str]) 
         ('{"nexus": {"endpoint": 5}, "colour": 1}', "colour: unknown key"),
         (
             '{"jobs": [{"id": "u", "type": "session_upload", "config": {"graceMinutes": "ten", "colour": 1}}]}',
-            "jobs[0].config.graceMinutes: expected a number >= 0, got 'ten'",
+            "jobs[0].config.graceMinutes: expected a number from 0 to 1,000,000,000, got 'ten'",
         ),
         ('{"jobs": [{"id": "u", "type": "nonsense"}]}', "jobs[0].type: expected one of"),
         ('{"agents": {"main": {"sessionsDir": 7}}}', "agents.main.sessionsDir: expected a path string"),
@@ -556,7 +558,7 @@ def test_state_directory_that_cannot_be_created(tree: Tree, env: dict[str, str],
     blocker = tmp_path / "file"
     blocker.write_text("")
     result = run_cli(COMMAND, env={**env, "NEXUS_STATE_DIR": str(blocker / "state")})
-    assert_clean_failure(result, 78)
+    assert_clean_failure(result, 73)  # EX_CANTCREAT, with the path
     assert "file/state" in result.stderr and "Not a directory" in result.stderr
 
 

@@ -300,7 +300,9 @@ def test_oversize_and_non_utf8_generations_are_rejected_locally(env: dict[str, s
 def test_dry_run_lists_generations_and_changes_nothing(tree: SqliteTree, env: dict[str, str]) -> None:
     result = run_cli(COMMAND, "--dry-run", env=env)
     assert result.returncode == 0, result.stderr
-    listed = {line.split()[2].split("/", 1)[1] for line in result.stdout.splitlines()}
+    *lines, total = result.stdout.splitlines()
+    assert total == f"dry run: {len(lines)} item(s) would be handled; nothing was changed"
+    listed = {line.split()[2].split("/", 1)[1] for line in lines}
     assert listed == set(tree.expected_uploads)
     assert f"{tree.ids['reset']}.jsonl (" in result.stdout and "events, generation)" in result.stdout
     assert not Path(env["NEXUS_STATE_DIR"]).exists()

@@ -5,6 +5,7 @@ scheduled run (due check, lock, run record, ``--json`` summary, progress bar).""
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import os
@@ -18,9 +19,10 @@ from .. import __version__
 from ..core import secrets, state
 from ..core.config import JobEntry, Option
 from ..core.errors import JobError, LockHeld
-from ..core.exits import Exit, word_of
+from ..core.exits import DISABLED, NOT_DUE, Exit, word_of
 from ..core.secrets import redact
-from .summary import RunSummary
+from .progress import progress as progress
+from .summary import RunSummary, result_object
 
 log = logging.getLogger("nexus_jobs")
 
@@ -118,6 +120,26 @@ def add_options(parser: argparse.ArgumentParser, options: Iterable[Option], *, i
             parser.add_argument(option.flag, dest=option.dest, metavar=metavar, help=help_text)
 
 
+class Terminated(BaseException):
+    """SIGTERM arrived (systemd stop, ``timeout``): handled like Ctrl-C's KeyboardInterrupt,
+    so the work done is saved on the way out and the run is recorded as interrupted."""
+
+
+def _on_sigterm(signum: int, frame: Any) -> None:
+    raise Terminated()
+
+
+def _handle_signals() -> None:
+    """From here on the run changes state: SIGTERM is handled like Ctrl-C, and past a file
+    size limit (ulimit -f) a write fails with EFBIG, reported with its path, instead of the
+    signal killing the process without a word. (Not earlier: importing ``signal`` costs a
+    not-due run about half a millisecond.)"""
+    import signal
+
+    signal.signal(signal.SIGTERM, _on_sigterm)
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+
+
 def main(
     *,
     prog: str,
@@ -125,28 +147,50 @@ def main(
     run: Callable[[argparse.Namespace], int],
     argv: Sequence[str] | None,
 ) -> int:
-    """The one place where exceptions become a one-line message and a documented exit code."""
-    args = parser.parse_args(argv)
+    """The one place where exceptions become a one-line message and a documented exit code.
+    With ``--json``, exactly one object is printed whatever happened (``docs/operating.md``)."""
+    global _json_printed
+    _json_printed = False
+    arguments = list(sys.argv[1:] if argv is None else argv)
+    try:
+        args = parser.parse_args(arguments)
+    except SystemExit as exit_:
+        if exit_.code not in (0, None) and "--json" in arguments:
+            print_json(result_object(job=None, job_type=None, exit_code=Exit.USAGE, message="invalid arguments"))
+        raise
     setup_logging(prog, verbose=args.verbose, debug=args.debug)
     try:
         return run(args)
     except LockHeld as error:
         # Cron mails any output: a skipped overlapping run is quiet unless -v.
         log.info("%s", error)
-        return error.exit_code
+        return _fail(args, error.exit_code, str(error))
     except JobError as error:
-        for line in getattr(error, "problems", None) or [str(error)]:
+        problems = getattr(error, "problems", None) or [str(error)]
+        for line in problems:
             log.error("%s", line)
-        return error.exit_code
-    except KeyboardInterrupt:
-        log.error("interrupted")
-        return 130
+        return _fail(args, error.exit_code, "; ".join(problems))
+    except (KeyboardInterrupt, Terminated) as interruption:
+        code = Exit.TERMINATED if isinstance(interruption, Terminated) else Exit.INTERRUPTED
+        log.error("interrupted by %s; the work done so far is saved", _signal_name(code))
+        return _fail(args, code, f"interrupted by {_signal_name(code)}")
     except Exception as error:
         if args.debug:
             log.exception("internal error")
         else:
             log.error("internal error: %s: %s (run with --debug for details)", type(error).__name__, error)
-        return Exit.SOFTWARE
+        return _fail(args, Exit.SOFTWARE, f"internal error: {type(error).__name__}")
+
+
+def _signal_name(code: int) -> str:
+    return "SIGTERM" if code == Exit.TERMINATED else "SIGINT"
+
+
+def _fail(args: argparse.Namespace, code: int, message: str) -> int:
+    """The ``--json`` object of a run that ended before its job could print one."""
+    if getattr(args, "json", False) and not _json_printed:
+        print_json(result_object(job=getattr(args, "job_id", None), job_type=None, exit_code=code, message=message))
+    return code
 
 
 def print_line(text: str) -> None:
@@ -154,17 +198,47 @@ def print_line(text: str) -> None:
     sys.stdout.write(redact(text) + "\n")
 
 
+_json_printed = False
+
+
 def print_json(document: dict[str, Any]) -> None:
+    """Print the run's one ``--json`` object (a second one would break every reader)."""
+    global _json_printed
+    if _json_printed:
+        return
+    _json_printed = True
     sys.stdout.write(redact(json.dumps(document, ensure_ascii=False)) + "\n")
     sys.stdout.flush()
 
 
+# A start is recorded a moment after its trigger (process start-up, the lock, a job before it
+# in run-due): a job triggered exactly every intervalMinutes must still be due at each trigger
+# (docs/operating.md). A tenth of the interval, at most five minutes.
+DUE_TOLERANCE_FRACTION = 0.1
+DUE_TOLERANCE_MAX_SECONDS = 300.0
+# Set by ``nexus-jobs run-due`` for the jobs it starts: when the trigger fired.
+TRIGGERED_AT_ENV = "NEXUS_JOBS_TRIGGERED_AT"
+
+
 def next_due(record: dict[str, Any] | None, interval_minutes: float) -> datetime | None:
-    """When the job is next due: its last successful start plus the interval (None = now)."""
+    """When the job is next due: its last successful start plus the interval, less the
+    tolerance (None = now)."""
     last = state.parse_time((record or {}).get("lastSuccessStartedAt"))
     if last is None or interval_minutes <= 0:
         return None
-    return last + timedelta(minutes=interval_minutes)
+    interval_seconds = interval_minutes * 60
+    tolerance = min(interval_seconds * DUE_TOLERANCE_FRACTION, DUE_TOLERANCE_MAX_SECONDS)
+    return last + timedelta(seconds=interval_seconds - tolerance)
+
+
+def trigger_time() -> datetime:
+    """When this run was triggered: run-due's moment if it started us (and it is recent),
+    else now."""
+    now = state.now_utc()
+    given = state.parse_time(os.environ.get(TRIGGERED_AT_ENV))
+    if given is not None and timedelta(0) <= now - given <= timedelta(days=1):
+        return given
+    return now
 
 
 def run_scheduled(
@@ -176,54 +250,110 @@ def run_scheduled(
 ) -> int:
     """Run ``work`` under cron conventions: skip when disabled or not due (exit 0), take the
     job's lock (exit 75 if held), record the run, print the ``--json`` summary."""
+    triggered = trigger_time()
     record_path = state.run_record_path(state_dir, job.job_id)
-    if not args.force and not _should_run(job, state.read_json(record_path, repair=False)):
-        return Exit.OK
+    if not args.force and (skip := _skip_reason(job, _read_record(record_path, repair=False))):
+        return _skipped(job, args, *skip)
     if args.dry_run:
         return _summarise(job, work, started=state.now_utc(), args=args, dry_run=True).exit_code
+    _handle_signals()
     state.ensure_directory(state_dir)
-    with state.job_lock(state_dir, job.job_id):
-        record = state.read_json(record_path, repair=True, consequence="the job runs now as if never run") or {}
-        if not args.force and not _should_run(job, record):
-            return Exit.OK  # another run finished while we were starting
-        started = state.now_utc()
-        record.update(jobId=job.job_id, jobType=job.job_type, lastStartedAt=state.isoformat(started))
-        state.write_json_atomic(record_path, record)
-        from . import monitoring  # imported here: a not-due run never needs it
-
-        monitoring.ping(job.ping_url, monitoring.START)
-        summary: RunSummary | None = None
+    with contextlib.ExitStack() as held:
         try:
-            summary = _summarise(job, work, started=started, args=args)
-            return summary.exit_code
-        except Exception as error:
-            exit_code = error.exit_code if isinstance(error, JobError) else Exit.SOFTWARE
-            message = str(error) if isinstance(error, JobError) else f"internal error: {type(error).__name__}: {error}"
-            summary = RunSummary(job.job_id, job.job_type, exit_code=exit_code, message=message)
+            held.enter_context(state.job_lock(state_dir, job.job_id))
+        except LockHeld as error:
             if args.json:
-                print_json(summary.as_json(started=started, duration_seconds=_elapsed(started), dry_run=False))
+                code = error.exit_code
+                print_json(result_object(job=job.job_id, job_type=job.job_type, exit_code=code, message=str(error)))
             raise
-        finally:
-            if summary is not None:
-                _record_finish(record_path, record, summary, started=started)
-            monitoring.ping(job.ping_url, monitoring.finish_kind(summary), body=redact(monitoring.describe(summary)))
+        record = _read_record(record_path, repair=True) or {}
+        if not args.force and (skip := _skip_reason(job, record)):
+            return _skipped(job, args, *skip)  # another run finished while we were starting
+        return _run_recorded(job, work, record_path=record_path, record=record, started=triggered, args=args)
 
 
-def _should_run(job: JobEntry, record: dict[str, Any] | None) -> bool:
+def _read_record(path: Path, *, repair: bool) -> dict[str, Any] | None:
+    """The job's run record; one of the wrong shape counts as absent (and is moved aside
+    while the lock is held), so the job runs now as if never run."""
+    try:
+        return state.read_json(
+            path, repair=repair, consequence="the job runs now as if never run", shape=state.run_record_shape
+        )
+    except JobError:
+        if repair:
+            raise
+        return None  # unreadable before the lock: the locked read reports it
+
+
+def _run_recorded(
+    job: JobEntry,
+    work: Callable[[], RunSummary],
+    *,
+    record_path: Path,
+    record: dict[str, Any],
+    started: datetime,
+    args: argparse.Namespace,
+) -> int:
+    """Record the start, do the work, record how it ended (also when it was interrupted or
+    crashed), ping the monitor."""
+    record.update(jobId=job.job_id, jobType=job.job_type, lastStartedAt=state.isoformat(state.now_utc()))
+    state.write_json_atomic(record_path, record)
+    from . import monitoring  # imported here: a not-due run never needs it
+
+    monitoring.ping(job.ping_url, monitoring.START)
+    summary: RunSummary | None = None
+    try:
+        summary = _summarise(job, work, started=started, args=args)
+        return summary.exit_code
+    except (Exception, KeyboardInterrupt, Terminated) as error:
+        summary = _summary_of_failure(job, error)
+        if args.json:
+            print_json(summary.as_json(started=started, duration_seconds=_elapsed(started), dry_run=False))
+        raise
+    finally:
+        if summary is not None:
+            _record_finish(record_path, record, summary, started=started, metrics_file=job.metrics_file)
+        monitoring.ping(job.ping_url, monitoring.finish_kind(summary), body=redact(monitoring.describe(summary)))
+
+
+def _summary_of_failure(job: JobEntry, error: BaseException) -> RunSummary:
+    if isinstance(error, (KeyboardInterrupt, Terminated)):
+        code = Exit.TERMINATED if isinstance(error, Terminated) else Exit.INTERRUPTED
+        message = f"interrupted by {_signal_name(code)}; the work done so far is saved"
+    elif isinstance(error, JobError):
+        code, message = error.exit_code, str(error)
+    else:
+        code, message = Exit.SOFTWARE, f"internal error: {type(error).__name__}: {error}"
+    return RunSummary(job.job_id, job.job_type, exit_code=code, message=message)
+
+
+def _skip_reason(job: JobEntry, record: dict[str, Any] | None) -> tuple[str, str] | None:
+    """Why the job does not run now (outcome word and message), or None when it should."""
     if not job.enabled:
-        log.info("job %r is disabled in the config; not running (use --force to run it)", job.job_id)
-        return False
+        return DISABLED, f"job {job.job_id!r} is disabled in the config; not running (use --force to run it)"
     due = next_due(record, job.interval_minutes)
     if due is not None and state.now_utc() < due:
-        log.info("job %r is not due until %s", job.job_id, state.isoformat(due))
-        return False
-    return True
+        return NOT_DUE, f"job {job.job_id!r} is not due until {state.isoformat(due)}"
+    return None
+
+
+def _skipped(job: JobEntry, args: argparse.Namespace, outcome: str, message: str) -> int:
+    log.info("%s", message)
+    if args.json:
+        print_json(
+            result_object(job=job.job_id, job_type=job.job_type, exit_code=Exit.OK, outcome=outcome, message=message)
+        )
+    return Exit.OK
 
 
 def _summarise(
     job: JobEntry, work: Callable[[], RunSummary], *, started: datetime, args: argparse.Namespace, dry_run: bool = False
 ) -> RunSummary:
     summary = work()
+    if dry_run and not args.json:
+        for line in summary.planned:
+            print_line(line)
+        print_line(f"dry run: {len(summary.planned)} item(s) would be handled; nothing was changed")
     if args.json:
         print_json(summary.as_json(started=started, duration_seconds=_elapsed(started), dry_run=dry_run))
     if summary.message:
@@ -235,44 +365,41 @@ def _elapsed(started: datetime) -> float:
     return (state.now_utc() - started).total_seconds()
 
 
-def _record_finish(record_path: Path, record: dict[str, Any], summary: RunSummary, *, started: datetime) -> None:
+def _record_finish(
+    record_path: Path, record: dict[str, Any], summary: RunSummary, *, started: datetime, metrics_file: str | None
+) -> None:
     record.update(
         lastFinishedAt=state.isoformat(state.now_utc()),
         lastExitCode=summary.exit_code,
-        lastOutcome=word_of(summary.exit_code),
+        lastOutcome=summary.outcome or word_of(summary.exit_code),
         lastMessage=redact(summary.message),
         lastCounts=summary.counts,
-        runs=int(record.get("runs", 0)) + 1,
+        lastDurationSeconds=round(_elapsed(started), 3),
+        runs=_whole(record.get("runs")) + 1,
     )
     if summary.standing:
         record["standing"] = summary.standing
+    if summary.files or "files" in record:
+        record["files"] = {kind: [_redacted(item) for item in items] for kind, items in summary.files.items()}
     if summary.exit_code == Exit.OK:
         record["lastSuccessStartedAt"] = state.isoformat(started)
+        record["lastSuccessFinishedAt"] = record["lastFinishedAt"]
         record["consecutiveFailures"] = 0
     else:
-        record["consecutiveFailures"] = int(record.get("consecutiveFailures", 0)) + 1
+        record["consecutiveFailures"] = _whole(record.get("consecutiveFailures")) + 1
     state.write_json_atomic(record_path, record)
+    if metrics_file:
+        from . import metrics  # imported here: only a run that did something writes metrics
+
+        try:
+            metrics.update(Path(metrics_file), record)
+        except Exception as error:  # metrics are for watching the job; they never change its outcome
+            log.warning("cannot write the metrics file %s: %s", metrics_file, getattr(error, "strerror", None) or error)
 
 
-class _NoProgress:
-    def update(self, count: int = 1) -> None:
-        pass
-
-    def close(self) -> None:
-        pass
+def _whole(value: Any) -> int:
+    return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else 0
 
 
-def progress(*, total: int, description: str, enabled: bool) -> Any:
-    """A progress bar on stderr when it is a terminal; nothing under cron or systemd."""
-    if not enabled or total < 2 or not sys.stderr.isatty():
-        return _NoProgress()
-    from tqdm import tqdm  # imported here: only terminals need it
-
-    try:
-        columns, rows = os.get_terminal_size(sys.stderr.fileno())
-    except OSError:
-        columns, rows = 0, 0
-    # A pseudo-terminal may report a size of 0x0; tqdm would then draw nothing at all.
-    return tqdm(
-        total=total, desc=description, unit="file", file=sys.stderr, leave=False, ncols=columns or 80, nrows=rows or 24
-    )
+def _redacted(item: dict[str, str]) -> dict[str, str]:
+    return {key: redact(str(value)) for key, value in item.items()}

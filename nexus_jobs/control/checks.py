@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from ..cli import frame as cli
+from ..cli.summary import result_object
 from ..core import config
 from ..core.config import JobEntry
 from ..core.errors import ConfigError, JobError
@@ -39,16 +40,24 @@ class Check:
 def check_config(args: argparse.Namespace) -> int:
     checks = list(_all_checks(args))
     failed = [check for check in checks if check.status == "FAIL"]
+    code = worst([check.exit_code for check in failed]) if failed else Exit.OK
     if args.json:
+        rows = [{"status": c.status, "check": c.name, "detail": c.detail} for c in checks]
+        counts = {word: sum(c.status == word for c in checks) for word in ("ok", "warn", "FAIL")}
         cli.print_json(
-            {"ok": not failed, "checks": [{"status": c.status, "check": c.name, "detail": c.detail} for c in checks]}
+            result_object(
+                job=None,
+                job_type="check-config",
+                exit_code=code,
+                counts=counts,
+                failures=[f"{c.name}: {c.detail}" for c in failed],
+                details={"ok": not failed, "checks": rows},
+            )
         )
     else:
         for check in checks:
             print(redact(f"{check.status:<4}  {check.name}: {check.detail}"))
-    if not failed:
-        return Exit.OK
-    return worst([check.exit_code for check in failed])
+    return code
 
 
 def _all_checks(args: argparse.Namespace) -> Any:
@@ -73,6 +82,13 @@ def _all_checks(args: argparse.Namespace) -> Any:
     except ConfigError as error:
         for problem in error.problems:
             yield Check("FAIL", "nexus settings", problem, Exit.CONFIG)
+    if nexus_settings.api_key_in_config_file(loaded):
+        yield Check(
+            "warn",
+            "nexus settings",
+            f"{loaded.where('nexus.apiKey')}: the API key is in the config file; move it to NEXUS_API_KEY in "
+            f"the environment or the .env file (mode 600)",
+        )
     job_options: dict[str, dict[str, Any]] = {}
     for entry in entries:
         try:
@@ -84,8 +100,11 @@ def _all_checks(args: argparse.Namespace) -> Any:
             for problem in error.problems:
                 yield Check("FAIL", f"job {entry.job_id}", problem, Exit.CONFIG)
     try:
-        state_dir = config.resolve_state_dir(flag=args.state_dir, loaded=loaded)
+        state_dir = config.resolve_state_dir(flag=args.state_dir, loaded=loaded, adopt_old_state=False)
         yield _check_state_dir(state_dir)
+        old = config.old_state_dir(loaded)
+        if old is not None and state_dir == config.default_state_dir(loaded):
+            yield Check("warn", "state directory", f"{old} holds state of an earlier release; the next run moves it")
     except ConfigError as error:
         yield Check("FAIL", "state directory", str(error), Exit.CONFIG)
         return

@@ -9,114 +9,38 @@ Problems are collected and reported together, each naming the file and the key p
 
 from __future__ import annotations
 
+import io
 import json
+import logging
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from .errors import ConfigError
+from .options import LARGEST_NUMBER as LARGEST_NUMBER
+from .options import Option as Option
+from .options import coerce as coerce
+from .options import show as _show
+from .options import unknown_key as unknown_key
+
+log = logging.getLogger("nexus_jobs")
 
 CONFIG_ENV_VAR = "NEXUS_JOBS_CONFIG"
 ENV_FILE_ENV_VAR = "NEXUS_JOBS_ENV_FILE"
 
-TOP_LEVEL_KEYS = ("nexus", "agents", "jobs", "stateDir", "openclawStateDir")
+TOP_LEVEL_KEYS = ("nexus", "agents", "jobs", "stateDir", "openclawStateDir", "metricsFile")
+METRICS_FILE_ENV_VAR = "NEXUS_JOBS_METRICS_FILE"
 AGENT_KEYS = ("workspace", "sessionsDir")
 JOB_ENTRY_KEYS = ("id", "type", "enabled", "intervalMinutes", "pingUrl", "config")
 # Job types that may appear in ``jobs[]``, with the console script that runs each.
 JOB_TYPES = {"session_upload": "nexus-session-upload", "webhook_pull": "nexus-webhook-pull"}
 
-_TRUE_WORDS = {"1", "true", "yes", "on"}
-_FALSE_WORDS = {"0", "false", "no", "off"}
-
-
-@dataclass(frozen=True)
-class Option:
-    """One setting, described once.
-
-    ``path`` is the dotted key inside its section of the config file (``nexus.endpoint`` at
-    the top level, ``graceMinutes`` inside a job's ``config``). Secrets get no flag: they
-    must not appear in process arguments.
-    """
-
-    path: str
-    kind: type
-    default: Any
-    help: str
-    flag: str | None = None
-    env: str | None = None
-    minimum: float | None = None
-    maximum: float | None = None
-    choices: tuple[str, ...] = ()
-    secret: bool = False
-
-    @property
-    def dest(self) -> str:
-        name = self.flag or "--" + self.path.replace(".", "-")
-        return name.lstrip("-").replace("-", "_")
-
-    def expected(self) -> str:
-        if self.choices:
-            return "one of " + ", ".join(repr(choice) for choice in self.choices)
-        words = {
-            bool: "true or false",
-            int: "a whole number",
-            float: "a number",
-            str: "a string",
-            list: "a list of strings",
-        }[self.kind]
-        if self.minimum is not None and self.maximum is not None:
-            words += f" from {self.minimum:g} to {self.maximum:g}"
-        elif self.minimum is not None:
-            words += f" >= {self.minimum:g}"
-        return words
-
-
-def coerce(option: Option, value: Any, *, from_text: bool) -> Any:
-    """Return ``value`` converted to the option's kind, or raise ``ValueError`` saying what
-    was expected. ``from_text`` values come from flags and the environment."""
-    problem = ValueError(f"expected {option.expected()}, got {_show(value)}")
-    if option.kind is bool:
-        if isinstance(value, bool):
-            result: Any = value
-        elif from_text and str(value).strip().lower() in _TRUE_WORDS | _FALSE_WORDS:
-            result = str(value).strip().lower() in _TRUE_WORDS
-        else:
-            raise problem
-    elif option.kind in (int, float):
-        if isinstance(value, bool):
-            raise problem
-        if from_text:
-            try:
-                value = float(value) if option.kind is float else int(str(value).strip())
-            except ValueError:
-                raise problem from None
-        if not isinstance(value, (int, float)) or (option.kind is int and not float(value).is_integer()):
-            raise problem
-        result = option.kind(value)
-        if option.minimum is not None and result < option.minimum:
-            raise problem
-        if option.maximum is not None and result > option.maximum:
-            raise problem
-    elif option.kind is list:
-        if from_text and isinstance(value, str):
-            value = [part.strip() for part in value.split(",") if part.strip()]
-        if not isinstance(value, list) or not all(isinstance(item, str) for item in value):
-            raise problem
-        result = list(value)
-    else:
-        if not isinstance(value, str):
-            raise problem
-        result = value
-    if option.choices and result not in option.choices:
-        raise problem
-    return result
-
-
-def _show(value: Any) -> str:
-    text = json.dumps(value) if not isinstance(value, str) else repr(value)
-    return text if len(text) <= 60 else text[:57] + "..."
+# A job entry's own schedule (``jobs[].intervalMinutes``): at most a year.
+INTERVAL = Option(
+    "intervalMinutes", float, 0.0, "run at most this often, in minutes (0: every run)", minimum=0, maximum=525_600
+)
 
 
 @dataclass(frozen=True)
@@ -143,6 +67,8 @@ class JobEntry:
     ping_url: str | None = None
     config: Mapping[str, Any] = field(default_factory=dict)
     key_path: str = ""
+    # node_exporter textfile (config metricsFile, $NEXUS_JOBS_METRICS_FILE); None: no metrics.
+    metrics_file: str | None = None
 
 
 def discover_config_path(flag: str | None, environ: Mapping[str, str]) -> Path | None:
@@ -213,6 +139,10 @@ def _parse_file(path: Path) -> Mapping[str, Any]:
         data = json.loads(text)
     except json.JSONDecodeError as error:
         raise ConfigError(f"{path}: line {error.lineno} column {error.colno}: invalid JSON: {error.msg}") from None
+    except RecursionError:
+        raise ConfigError(f"{path}: invalid config: JSON nested too deeply") from None
+    except ValueError as error:  # an integer of thousands of digits
+        raise ConfigError(f"{path}: invalid JSON: {str(error).split(';')[0]}") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a JSON object at the top level, got {_show(data)}")
     return data
@@ -223,12 +153,24 @@ def _read_env_file(path: Path, *, named: bool) -> Mapping[str, str]:
         if named:
             raise ConfigError(f"{path}: env file not found (named by --env-file)")
         return {}
-    from dotenv import dotenv_values  # imported here: most runs have no .env file
+    # Imported here: most runs have no .env file.
+    from dotenv import dotenv_values
+    from dotenv.parser import parse_stream
 
     try:
-        values = dotenv_values(path)
-    except (OSError, UnicodeDecodeError) as error:
-        raise ConfigError(f"{path}: cannot read env file: {error}") from None
+        text = path.read_text(encoding="utf-8")
+        # python-dotenv only logs a warning for a line it cannot parse and drops the line;
+        # a setting silently missing is a configuration error. The line itself is never
+        # shown: it may hold a secret.
+        broken = [binding.original.line for binding in parse_stream(io.StringIO(text)) if binding.error]
+        if broken:
+            lines = ", ".join(str(number) for number in broken[:5])
+            raise ConfigError(f"{path}: line {lines}: not a KEY=value line (env file syntax error)")
+        values = dotenv_values(stream=io.StringIO(text))
+    except UnicodeDecodeError as error:
+        raise ConfigError(f"{path}: env file is not UTF-8 text (byte {error.start})") from None
+    except OSError as error:
+        raise ConfigError(f"{path}: cannot read env file: {error.strerror}") from None
     return {key: value for key, value in values.items() if value is not None}
 
 
@@ -238,8 +180,8 @@ def validate_structure(loaded: LoadedConfig) -> list[str]:
     data, problems = loaded.data, []
     for key in data:
         if key not in TOP_LEVEL_KEYS and not key.startswith("$"):
-            problems.append(f"{loaded.where(key)}: unknown key (known: {', '.join(TOP_LEVEL_KEYS)})")
-    for key in ("stateDir", "openclawStateDir"):
+            problems.append(f"{loaded.where(key)}: {unknown_key(key, TOP_LEVEL_KEYS)}")
+    for key in ("stateDir", "openclawStateDir", "metricsFile"):
         if key in data and not isinstance(data[key], str):
             problems.append(f"{loaded.where(key)}: expected a path string, got {_show(data[key])}")
     if "nexus" in data and not isinstance(data["nexus"], dict):
@@ -255,7 +197,7 @@ def validate_structure(loaded: LoadedConfig) -> list[str]:
             continue
         for key, value in agent.items():
             if key not in AGENT_KEYS:
-                problems.append(f"{where}.{key}: unknown key (known: {', '.join(AGENT_KEYS)})")
+                problems.append(f"{where}.{key}: {unknown_key(key, AGENT_KEYS)}")
             elif not isinstance(value, str):
                 problems.append(f"{where}.{key}: expected a path string, got {_show(value)}")
     jobs = data.get("jobs", [])
@@ -272,9 +214,7 @@ def _validate_job_entry(loaded: LoadedConfig, index: int, entry: Any, seen: set[
     where = loaded.where(f"jobs[{index}]")
     if not isinstance(entry, dict):
         return [f"{where}: expected an object, got {_show(entry)}"]
-    problems = [
-        f"{where}.{key}: unknown key (known: {', '.join(JOB_ENTRY_KEYS)})" for key in entry if key not in JOB_ENTRY_KEYS
-    ]
+    problems = [f"{where}.{key}: {unknown_key(key, JOB_ENTRY_KEYS)}" for key in entry if key not in JOB_ENTRY_KEYS]
     job_id = entry.get("id")
     if not isinstance(job_id, str) or not job_id or not _is_safe_id(job_id):
         problems.append(f"{where}.id: expected a name of letters, digits, '-', '_' or '.', got {_show(job_id)}")
@@ -284,13 +224,13 @@ def _validate_job_entry(loaded: LoadedConfig, index: int, entry: Any, seen: set[
         seen.add(job_id)
     if entry.get("type") not in JOB_TYPES:
         problems.append(f"{where}.type: expected one of {', '.join(JOB_TYPES)}, got {_show(entry.get('type'))}")
+    if "intervalMinutes" in entry:
+        try:
+            coerce(INTERVAL, entry["intervalMinutes"], from_text=False)
+        except ValueError as error:
+            problems.append(f"{where}.intervalMinutes: {error}")
     checks = (
         ("enabled", lambda v: isinstance(v, bool), "true or false"),
-        (
-            "intervalMinutes",
-            lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and v >= 0,
-            "a number >= 0",
-        ),
         ("pingUrl", lambda v: isinstance(v, str) and v.startswith(("http://", "https://")), "an http(s) URL"),
         ("config", lambda v: isinstance(v, dict), "an object"),
     )
@@ -311,19 +251,31 @@ def job_entries(loaded: LoadedConfig) -> list[JobEntry]:
             job_id=entry["id"],
             job_type=entry["type"],
             enabled=entry.get("enabled", True),
-            interval_minutes=float(entry.get("intervalMinutes", 0)),
+            interval_minutes=coerce(INTERVAL, entry.get("intervalMinutes", 0), from_text=False),
             ping_url=entry.get("pingUrl"),
             config=entry.get("config", {}),
             key_path=f"jobs[{index}]",
+            metrics_file=metrics_file(loaded),
         )
         for index, entry in enumerate(loaded.data.get("jobs", []))
     ]
 
 
+def metrics_file(loaded: LoadedConfig) -> str | None:
+    """The node_exporter textfile the jobs write their metrics to (opt-in), absolute."""
+    named = loaded.env.get(METRICS_FILE_ENV_VAR) or loaded.data.get("metricsFile")
+    if not named:
+        return None
+    base = loaded.path.parent if loaded.path and not loaded.env.get(METRICS_FILE_ENV_VAR) else Path.cwd()
+    return str((base / Path(named).expanduser()).absolute())
+
+
 def scheduled_jobs(loaded: LoadedConfig) -> list[JobEntry]:
     """The jobs ``nexus-jobs`` shows and runs: those of the config file, or the default
     session-upload job when it lists none."""
-    return job_entries(loaded) or [JobEntry(job_id="session-upload", job_type="session_upload")]
+    return job_entries(loaded) or [
+        JobEntry(job_id="session-upload", job_type="session_upload", metrics_file=metrics_file(loaded))
+    ]
 
 
 def select_job(loaded: LoadedConfig, *, job_type: str, job_id: str | None, default_id: str) -> JobEntry:
@@ -340,11 +292,11 @@ def select_job(loaded: LoadedConfig, *, job_type: str, job_id: str | None, defau
                 return entry
         if loaded.path is not None:
             raise ConfigError(f"{loaded.where('jobs')}: no job with id {job_id!r}")
-        return JobEntry(job_id=job_id, job_type=job_type)
+        return JobEntry(job_id=job_id, job_type=job_type, metrics_file=metrics_file(loaded))
     for entry in entries:
         if entry.job_type == job_type:
             return entry
-    return JobEntry(job_id=default_id, job_type=job_type)
+    return JobEntry(job_id=default_id, job_type=job_type, metrics_file=metrics_file(loaded))
 
 
 def resolve(
@@ -384,14 +336,31 @@ def resolve(
         nested = {option.path for option in options}
         for key, value in section.items():
             if key not in known:
-                problems.append(f"{loaded.where(_join(section_path, key))}: unknown key")
+                problems.append(f"{loaded.where(_join(section_path, key))}: {unknown_key(key, sorted(known))}")
             elif isinstance(value, dict):
+                inner_known = sorted(path.split(".", 1)[1] for path in nested if path.startswith(key + "."))
                 for inner in value:
                     if f"{key}.{inner}" not in nested:
-                        problems.append(f"{loaded.where(_join(section_path, key + '.' + inner))}: unknown key")
+                        where = loaded.where(_join(section_path, key + "." + inner))
+                        problems.append(f"{where}: {unknown_key(inner, inner_known)}")
     if problems:
         raise ConfigError(problems)
     return values
+
+
+def gather(*steps: Callable[[], Any]) -> list[Any]:
+    """The results of ``steps`` (each resolving one section of settings), or one
+    :class:`ConfigError` with the problems of every step that failed: the operator sees all
+    of them in one report, not one section per attempt."""
+    results, problems = [], []
+    for step in steps:
+        try:
+            results.append(step())
+        except ConfigError as error:
+            problems.extend(error.problems)
+    if problems:
+        raise ConfigError(problems)
+    return results
 
 
 _MISSING = object()
@@ -410,18 +379,71 @@ def _join(prefix: str, key: str) -> str:
     return f"{prefix}.{key}" if prefix else key
 
 
-def resolve_state_dir(*, flag: str | None, loaded: LoadedConfig) -> Path:
-    """``--state-dir`` > ``$NEXUS_STATE_DIR`` > config ``stateDir`` > systemd's
-    ``$STATE_DIRECTORY`` > ``state/`` beside the config file > ``$XDG_STATE_HOME/nexus-jobs``.
-    Never the current directory by accident: cron starts jobs in ``$HOME``."""
+def resolve_state_dir(*, flag: str | None, loaded: LoadedConfig, adopt_old_state: bool = True) -> Path:
+    """``--state-dir`` > ``$NEXUS_STATE_DIR`` > config ``stateDir`` (relative to the config
+    file) > systemd's ``$STATE_DIRECTORY`` > ``$XDG_STATE_HOME/nexus-jobs``. Never the
+    current directory by accident (cron starts jobs in ``$HOME``) and never beside the config
+    file: a config in /etc is read by users who cannot write there (docs/operating.md).
+
+    State that an older release kept in ``state/`` beside the config file is moved to the
+    default directory on first use (``adopt_old_state``), with one line saying so."""
     env = loaded.env
-    base = loaded.path.parent if loaded.path else Path.cwd()
-    for candidate in (flag, env.get("NEXUS_STATE_DIR"), loaded.data.get("stateDir")):
+    for candidate in (flag, env.get("NEXUS_STATE_DIR")):
         if candidate:
-            return (base / Path(candidate).expanduser()).absolute()
+            return Path(candidate).expanduser().absolute()
+    if loaded.data.get("stateDir"):
+        base = loaded.path.parent if loaded.path else Path.cwd()
+        return (base / Path(loaded.data["stateDir"]).expanduser()).absolute()
     if env.get("STATE_DIRECTORY"):
         return Path(env["STATE_DIRECTORY"].split(":")[0]).absolute()
-    if loaded.path is not None:
-        return loaded.path.parent / "state"
-    home = Path(env.get("HOME", str(Path.home())))
-    return Path(env.get("XDG_STATE_HOME") or home / ".local" / "state") / "nexus-jobs"
+    default = default_state_dir(loaded)
+    old = old_state_dir(loaded)
+    if adopt_old_state and old is not None and old != default:
+        _move_state(old, default)
+    return default
+
+
+def default_state_dir(loaded: LoadedConfig) -> Path:
+    """``$XDG_STATE_HOME/nexus-jobs``, by default ``~/.local/state/nexus-jobs``."""
+    home = Path(loaded.env.get("HOME", str(Path.home())))
+    return Path(loaded.env.get("XDG_STATE_HOME") or home / ".local" / "state") / "nexus-jobs"
+
+
+def old_state_dir(loaded: LoadedConfig) -> Path | None:
+    """The ``state/`` beside the config file that earlier releases used, when it holds
+    state files and nothing else claims it."""
+    if loaded.path is None:
+        return None
+    old = loaded.path.parent / "state"
+    try:
+        return old if old.is_dir() and any(old.glob("*.json")) else None
+    except OSError:
+        return None
+
+
+def _move_state(old: Path, new: Path) -> None:
+    """Move the old state directory into place as a whole: a copy under a temporary name,
+    a rename, then removal of the old one; an interrupted move leaves the old one intact."""
+    import shutil  # imported here: it imports bz2 and lzma, milliseconds on every start
+
+    try:
+        if new.exists() and any(new.iterdir()):
+            log.warning("state in %s is ignored: %s already holds state (move or remove one)", old, new)
+            return
+        new.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        staging = new.with_name(f".{new.name}.moving-{os.getpid()}")
+        shutil.copytree(old, staging, symlinks=True)
+        if new.exists():
+            new.rmdir()
+        os.rename(staging, new)
+    except OSError as error:
+        raise ConfigError(
+            f"state directory {old}: cannot move it to {new}: {error.strerror or error}; "
+            f"move it yourself, or keep it with --state-dir {old}"
+        ) from None
+    try:
+        shutil.rmtree(old)
+    except OSError as error:
+        log.warning("copied the state from %s to %s; remove %s yourself (%s)", old, new, old, error.strerror)
+        return
+    log.warning("moved the state from %s to %s (state no longer lives beside the config file)", old, new)

@@ -31,6 +31,18 @@ class TransientError(JobError):
     exit_code = Exit.TEMPFAIL
 
 
+class CannotCreate(JobError):
+    """A state file or directory cannot be created (unwritable, a directory in the way)."""
+
+    exit_code = Exit.CANTCREATE
+
+
+class StorageError(JobError):
+    """Reading or writing state failed (disk full, file size limit, I/O error)."""
+
+    exit_code = Exit.IOERR
+
+
 class AuthError(JobError):
     exit_code = Exit.NOPERM
 

@@ -27,6 +27,8 @@ class Exit(enum.IntEnum):
     OK = 0, "success", 0
     PARTIAL = 1, "partial", 3
     USAGE = 2, "usage", 9
+    # Only ``nexus-jobs status``: a job's last run failed (as ``systemctl is-failed`` tells).
+    JOB_FAILED = 3, "failed", 5
     UNAVAILABLE = 69, "unavailable", 4
     SOFTWARE = 70, "internal", 10
     CANTCREATE = 73, "io", 6
@@ -42,6 +44,11 @@ class Exit(enum.IntEnum):
         """The member for ``code``, or None for a code this project never uses itself (a
         child's own exit code, say)."""
         return cls._value2member_map_.get(code)  # type: ignore[return-value]
+
+
+# Outcome words of runs that end with 0 without doing the work: skipped by the schedule.
+NOT_DUE = "not-due"
+DISABLED = "disabled"
 
 
 def word_of(code: int) -> str:

@@ -16,12 +16,12 @@ import json
 import logging
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from .errors import ConfigError, LockHeld
+from .errors import CannotCreate, ConfigError, LockHeld, StorageError
 
 STATE_VERSION = 1
 
@@ -51,9 +51,9 @@ def ensure_directory(path: Path) -> Path:
     try:
         path.mkdir(mode=0o700, parents=True, exist_ok=True)
     except OSError as error:
-        raise ConfigError(f"state directory {path}: cannot create it: {error.strerror}") from None
+        raise CannotCreate(f"state directory {path}: cannot create it: {error.strerror or error}") from None
     if not os.access(path, os.W_OK | os.X_OK):
-        raise ConfigError(f"state directory {path}: not writable by this user")
+        raise CannotCreate(f"state directory {path}: not writable by this user (fix its owner or use --state-dir)")
     return path
 
 
@@ -74,11 +74,16 @@ def job_lock(state_dir: Path, job_id: str) -> Iterator[None]:
     """Hold the job's lock for the block; raise :class:`LockHeld` at once if another run has it."""
     import filelock  # imported here: a not-due run never needs it
 
-    lock = filelock.FileLock(str(lock_path(state_dir, job_id)), timeout=0, mode=0o600)
+    path = lock_path(state_dir, job_id)
+    lock = filelock.FileLock(str(path), timeout=0, mode=0o600)
     try:
         lock.acquire()
     except filelock.Timeout:
+        if path.is_dir():  # filelock reports a directory in the way as a lock held for ever
+            raise CannotCreate(f"lock file {path}: is a directory; remove it") from None
         raise LockHeld(f"job {job_id!r} is already running (lock {lock.lock_file} is held)") from None
+    except OSError as error:
+        raise CannotCreate(f"lock file {path}: cannot create it: {error.strerror or error}") from None
     try:
         _remove_stale_temp_files(state_dir, job_id)
         yield
@@ -105,10 +110,17 @@ def _remove_stale_temp_files(state_dir: Path, job_id: str) -> None:
             leftover.unlink()
 
 
-def read_json(path: Path, *, repair: bool, consequence: str = "") -> dict[str, Any] | None:
+def read_json(
+    path: Path,
+    *,
+    repair: bool,
+    consequence: str = "",
+    shape: Callable[[dict[str, Any]], str] | None = None,
+) -> dict[str, Any] | None:
     """The state file's contents, or None when it does not exist.
 
-    A file that does not parse is moved aside as ``<name>.corrupt-<timestamp>`` (only with
+    A file that does not parse, or whose contents ``shape`` finds wrong (it returns what is
+    wrong, "" when nothing is), is moved aside as ``<name>.corrupt-<timestamp>`` (only with
     ``repair``, i.e. while the lock is held) and reported with ``consequence``; the caller
     starts from an empty state. A file from a newer version is an error: never clobber it.
     """
@@ -117,15 +129,22 @@ def read_json(path: Path, *, repair: bool, consequence: str = "") -> dict[str, A
     except FileNotFoundError:
         return None
     except OSError as error:
-        raise ConfigError(f"state file {path}: cannot read it: {error.strerror}") from None
+        raise StorageError(f"state file {path}: cannot read it: {error.strerror or error}") from None
     try:
         data = json.loads(raw)
         if not isinstance(data, dict):
             raise ValueError("not a JSON object")
-    except (ValueError, UnicodeDecodeError) as error:
+        if shape is not None and (problem := shape(data)):
+            raise ValueError(problem)
+    except (ValueError, UnicodeDecodeError, RecursionError) as error:
         if repair:
             aside = path.with_name(f"{path.name}.corrupt-{now_utc().strftime('%Y%m%dT%H%M%SZ')}")
-            os.replace(path, aside)
+            try:
+                os.replace(path, aside)
+            except OSError as move_error:
+                raise CannotCreate(
+                    f"state file {path} is corrupt and cannot be moved aside: {move_error.strerror}"
+                ) from None
             log.warning(
                 "state file %s was corrupt (%s); moved it to %s and started afresh%s",
                 path,
@@ -143,6 +162,22 @@ def read_json(path: Path, *, repair: bool, consequence: str = "") -> dict[str, A
     return data
 
 
+def run_record_shape(record: dict[str, Any]) -> str:
+    """What is wrong with a run record's shape ("" when nothing is): counts are whole
+    numbers, times are text, figures are objects."""
+    for key in ("runs", "consecutiveFailures", "lastExitCode"):
+        value = record.get(key)
+        if value is not None and (not isinstance(value, int) or isinstance(value, bool)):
+            return f"{key} is not a whole number"
+    for key in ("lastStartedAt", "lastFinishedAt", "lastSuccessStartedAt", "lastOutcome", "lastMessage"):
+        if record.get(key) is not None and not isinstance(record[key], str):
+            return f"{key} is not text"
+    for key in ("lastCounts", "standing", "files"):
+        if record.get(key) is not None and not isinstance(record[key], dict):
+            return f"{key} is not an object"
+    return ""
+
+
 def write_json_atomic(path: Path, data: dict[str, Any], *, compact: bool = False) -> None:
     """Replace ``path`` with ``data`` atomically and durably (mode 0600)."""
     document = {"version": STATE_VERSION, **{k: v for k, v in data.items() if k != "version"}}
@@ -157,18 +192,27 @@ def write_bytes_atomic(path: Path, data: bytes) -> None:
     """Replace ``path`` with ``data`` atomically and durably: a temporary file (mode 0600)
     beside it, fsync, ``os.replace``, fsync of the directory. Readers see the old file or
     the new one, never a part."""
-    descriptor, temporary = open_temporary(path.parent, prefix=f".{path.stem}.")
+    try:
+        descriptor, temporary = open_temporary(path.parent, prefix=f".{path.stem}.")
+    except OSError as error:
+        raise CannotCreate(f"state file {path}: cannot create it: {error.strerror or error}") from None
     try:
         with os.fdopen(descriptor, "wb") as handle:
             handle.write(data)
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(temporary, path)
+        fsync_directory(path.parent)
+    except OSError as error:
+        with contextlib.suppress(OSError):
+            os.unlink(temporary)
+        # A full disk (ENOSPC), a file size limit (EFBIG, ulimit -f), an I/O error: the old
+        # file is intact; the run stops with the path so the operator can make room.
+        raise StorageError(f"state file {path}: cannot write it: {error.strerror or error}") from None
     except BaseException:
         with contextlib.suppress(OSError):
             os.unlink(temporary)
         raise
-    fsync_directory(path.parent)
 
 
 def open_temporary(directory: Path, *, prefix: str) -> tuple[int, str]:

@@ -16,8 +16,8 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from ..core import http, state
-from ..core.errors import AuthError, BackendUnavailable
-from .settings import NexusSettings, auth, server_message
+from ..core.errors import BackendUnavailable
+from .settings import NexusSettings, answer_error, auth, server_message
 
 # What the worker does with an answer (SPEC 4.3).
 STORED = "stored"  # 200: mark uploaded
@@ -119,12 +119,9 @@ class HttpSessionStore:
             response.close()
         except requests.RequestException as error:
             raise BackendUnavailable(f"Nexus at {self.location}: {http.describe_error(error)}") from None
-        if response.status_code in (401, 403):
-            raise AuthError(
-                f"Nexus refused the API key ({response.status_code}); check NEXUS_API_KEY and nexus.authMode"
-            )
-        if response.status_code >= 500:
-            raise BackendUnavailable(f"Nexus at {self.location} answered {response.status_code}")
+        failure = answer_error(response.status_code, b"", url=self.url, what="checking the sessions API")
+        if failure is not None:
+            raise failure
         return f"Nexus sessions API at {self.location} answers (HTTP {response.status_code})"
 
     def upload(self, upload: Upload) -> Outcome:

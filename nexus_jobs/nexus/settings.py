@@ -12,7 +12,7 @@ from typing import Any
 
 from ..core import config
 from ..core.config import Option
-from ..core.errors import ConfigError
+from ..core.errors import AuthError, BackendUnavailable, ConfigError, JobError
 from ..core.secrets import redact, register_secret
 
 DEFAULT_STORE_DIR_NAME = "nexus-store"
@@ -77,9 +77,26 @@ class NexusSettings:
 
 
 def resolve(loaded: config.LoadedConfig, flags: Mapping[str, Any]) -> NexusSettings:
-    """The ``nexus`` settings by the usual precedence; the key is registered as a secret."""
-    values = config.resolve(OPTIONS, loaded=loaded, section=loaded.data, section_path="", flags=flags, strict=False)
-    register_secret(values["nexus.apiKey"])
+    """The ``nexus`` settings by the usual precedence; the key is registered as a secret.
+    Every problem is reported at once: values, the form of the endpoint and the key, and keys
+    of the ``nexus`` section that no option describes (a typo such as ``endpont`` would
+    otherwise leave the endpoint empty and send everything to the embedded store)."""
+    problems: list[str] = []
+    try:
+        values = config.resolve(OPTIONS, loaded=loaded, section=loaded.data, section_path="", flags=flags, strict=False)
+    except ConfigError as error:
+        problems.extend(error.problems)
+        values = {}
+    section = loaded.data.get("nexus")
+    known = [option.path.split(".", 1)[1] for option in OPTIONS]
+    for key in section if isinstance(section, dict) else ():
+        if key not in known:
+            problems.append(f"{loaded.where('nexus.' + key)}: {config.unknown_key(key, known)}")
+    if values:
+        register_secret(values["nexus.apiKey"])
+        problems.extend(_form_problems(values["nexus.endpoint"], values["nexus.apiKey"]))
+    if problems:
+        raise ConfigError(problems)
     return NexusSettings(
         endpoint=values["nexus.endpoint"],
         api_key=values["nexus.apiKey"],
@@ -87,6 +104,33 @@ def resolve(loaded: config.LoadedConfig, flags: Mapping[str, Any]) -> NexusSetti
         timeout_seconds=values["nexus.timeoutSeconds"],
         retries=values["nexus.retries"],
     )
+
+
+def _form_problems(endpoint: str, api_key: str) -> list[str]:
+    """What is wrong with the form of the endpoint and the key, before any request is made."""
+    problems = []
+    if endpoint.startswith(("http://", "https://")):
+        from urllib.parse import urlsplit
+
+        try:
+            parts = urlsplit(endpoint)
+            parts.port  # noqa: B018 - raises ValueError for a port that is not a number
+            if not parts.hostname:
+                raise ValueError("no host name")
+        except ValueError as error:
+            problems.append(f"nexus.endpoint: not a valid URL ({error}): {endpoint!r}")
+    elif endpoint and not endpoint.startswith("file://"):
+        problems.append(f"nexus.endpoint: expected an http(s):// URL or file:///dir, got {endpoint!r}")
+    # An HTTP header holds printable ASCII only; the key itself is never shown.
+    if api_key and not all(33 <= ord(character) <= 126 for character in api_key):
+        problems.append("nexus.apiKey (NEXUS_API_KEY): contains spaces or characters that are not printable ASCII")
+    return problems
+
+
+def api_key_in_config_file(loaded: config.LoadedConfig) -> bool:
+    """Whether the config file itself holds the API key (it belongs in the environment or .env)."""
+    section = loaded.data.get("nexus")
+    return isinstance(section, dict) and bool(section.get("apiKey"))
 
 
 def auth(api_key: str, auth_mode: str) -> tuple[dict[str, str], dict[str, str]]:
@@ -97,6 +141,23 @@ def auth(api_key: str, auth_mode: str) -> tuple[dict[str, str], dict[str, str]]:
     if auth_mode == "query":
         return {}, {"code": api_key}
     return {"x-functions-key": api_key}, {}
+
+
+def answer_error(status: int, raw: bytes, *, url: str, what: str) -> JobError | None:
+    """The job error of a Nexus answer that ends the run, naming the URL (never the key:
+    ``url`` is the endpoint without the query) and what to fix; None for other answers.
+    401/403: the key (77); 404: a wrong path, so a configuration error (78); 5xx: the backend
+    is unavailable (69). ``docs/exit-codes.md`` lists them."""
+    where = f"Nexus at {url} answered {status} while {what}{server_message(raw)}"
+    if status in (401, 403):
+        return AuthError(
+            f"Nexus at {url} refused the API key ({status}) while {what}; check NEXUS_API_KEY and nexus.authMode"
+        )
+    if status == 404:
+        return ConfigError(f"{where}; nexus.endpoint must be the API base URL (the part before /sessions)")
+    if status >= 500:
+        return BackendUnavailable(f"{where}; try again later or ask the Nexus operator")
+    return None
 
 
 def server_message(raw: bytes) -> str:

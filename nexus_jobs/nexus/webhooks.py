@@ -25,8 +25,8 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from ..core import http
-from ..core.errors import AuthError, BackendUnavailable
-from .settings import NexusSettings, auth, server_message
+from ..core.errors import BackendUnavailable
+from .settings import NexusSettings, answer_error, auth, server_message
 
 PENDING_PATH = "/webhook/pending"
 ITEMS_PATH = "/webhook/items"
@@ -114,10 +114,9 @@ class HttpWebhookStore:
             raise BackendUnavailable(f"Nexus {what}: {http.describe_error(error)}") from None
         with response:
             status, raw = response.status_code, response.content
-        if status in (401, 403):
-            raise AuthError(
-                f"Nexus refused the API key ({status}) while {what}; check NEXUS_API_KEY and nexus.authMode"
-            )
+        failure = answer_error(status, raw, url=self.base + path, what=what)
+        if failure is not None:
+            raise failure
         if not 200 <= status < 300:
             raise BackendUnavailable(f"Nexus answered {status} while {what}{server_message(raw)}")
         if method != "GET":

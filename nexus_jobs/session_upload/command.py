@@ -118,8 +118,12 @@ def run(args: argparse.Namespace) -> int:
 
 def load_settings(loaded: config.LoadedConfig, job: config.JobEntry, args: argparse.Namespace) -> Settings:
     flags = vars(args)
-    nexus = nexus_settings.resolve(loaded, flags)
-    own = config.resolve(OPTIONS, loaded=loaded, section=job.config, section_path=f"{job.key_path}.config", flags=flags)
+    nexus, own = config.gather(
+        lambda: nexus_settings.resolve(loaded, flags),
+        lambda: config.resolve(
+            OPTIONS, loaded=loaded, section=job.config, section_path=f"{job.key_path}.config", flags=flags
+        ),
+    )
     state_dir = config.resolve_state_dir(flag=args.state_dir, loaded=loaded)
     agents = agents_of(loaded)
     wanted = list(args.agent or own["agents"])
@@ -144,7 +148,7 @@ def load_settings(loaded: config.LoadedConfig, job: config.JobEntry, args: argpa
         retention_seconds=own["retentionDays"] * 86400,
         retry_rejected=args.retry_rejected,
         store_root=nexus.store_root(state_dir),
-        show_progress=not (args.json or args.verbose or args.debug),
+        show_progress=not (args.json or args.debug),
     )
 
 
@@ -219,7 +223,7 @@ def upload_all(settings: Settings, *, dry_run: bool) -> cli.RunSummary:
     if dry_run:
         for transcript, marker in todo:
             why = "changed since upload" if marker else transcript.origin
-            cli.print_line(f"would upload {transcript.agent_id}/{transcript.name} ({transcript.extent}, {why})")
+            summary.would(f"would upload {transcript.agent_id}/{transcript.name} ({transcript.extent}, {why})")
         counts["wouldUpload"] = len(todo)
     else:
         try:
@@ -275,7 +279,7 @@ def _upload(
                     transcript, marker = in_flight.pop(future)
                     sent = future.result()
                     outcome = sent.outcome
-                    bar.update()
+                    bar.update(nbytes=sent.size or 0, failed=outcome.kind in (FAILED, REJECTED, CONFLICT))
                     _record(sent, transcript, marker, markers=markers, summary=summary)
                     if outcome.kind == REFUSED:
                         refused = outcome

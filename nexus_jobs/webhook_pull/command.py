@@ -95,8 +95,9 @@ def run(args: argparse.Namespace) -> int:
     loaded = config.load(config_flag=args.config, env_file_flag=args.env_file)
     job = config.select_job(loaded, job_type=JOB_TYPE, job_id=args.job_id, default_id=DEFAULT_JOB_ID)
     flags = vars(args)
-    nexus = nexus_settings.resolve(loaded, flags)
-    options = resolve_job_options(loaded, job, flags)
+    nexus, options = config.gather(
+        lambda: nexus_settings.resolve(loaded, flags), lambda: resolve_job_options(loaded, job, flags)
+    )
     register_secret(options["hooksToken"])
     state_dir = config.resolve_state_dir(flag=args.state_dir, loaded=loaded)
     settings = Settings(
@@ -229,7 +230,7 @@ def handle_item(item: Any, *, agent_id: str, settings: Settings, ledger: Ledger,
         summary.counts["alreadyDelivered"] += 1
         return item_id
     if settings.dry_run:
-        log.info("would deliver %s to agent %s by %s", item_id, agent_id, ", ".join(settings.options["delivery"]))
+        summary.would(f"would deliver {item_id} to agent {agent_id} by {', '.join(settings.options['delivery'])}")
         return None
     try:
         deliver(item, agent_id=agent_id, settings=settings, ledger=ledger)
