@@ -13,9 +13,9 @@ from collections import Counter
 from pathlib import Path
 
 from tests.bsnexus_backend import (
+    REGISTER,
     REGISTRATION_TOKEN,
-    Backend,
-    BackendServer,
+    BackendDouble,
     WorkerSetup,
     add_task,
     finish,
@@ -39,12 +39,14 @@ def _kill_orphan(setup: WorkerSetup) -> None:
 
 
 def test_killed_worker_task_is_claimed_by_another_after_visibility_timeout(
-    worker_setup: WorkerSetup, bsnexus_backend: Backend, redis_server: RedisServer, tmp_path: Path
+    worker_setup: WorkerSetup, bsnexus_backend: BackendDouble, redis_server: RedisServer, tmp_path: Path
 ) -> None:
     other = _second(worker_setup, "other")
+    bsnexus_backend.worker_ttl_seconds = 1.0  # the registry forgets a silent worker in 1 s, not 90 s
     worker_setup.register(bsnexus_backend.url, redis_server.url)
     other.register(bsnexus_backend.url, redis_server.url)
     survivor_id = other.saved()["BSNEXUS_WORKER_ID"]
+    victim_id = worker_setup.saved()["BSNEXUS_WORKER_ID"]
     client = redis_server.client()
     add_task(client, task_id="k-1", repo_path=str(tmp_path / "repo"), worker_prompt=prompt_json("@sleep-first"))
     victim = worker_setup.start()
@@ -53,6 +55,7 @@ def test_killed_worker_task_is_claimed_by_another_after_visibility_timeout(
     finish(victim)
     _kill_orphan(worker_setup)
     assert results(client) == []
+    wait_until(lambda: not bsnexus_backend.alive(victim_id), what="the registry to forget the killed worker")
     code = other.cli("run", "--max-tasks", "1", "--duration", "20").returncode
     assert code == 0
     time.sleep(0.3)
@@ -63,7 +66,7 @@ def test_killed_worker_task_is_claimed_by_another_after_visibility_timeout(
 
 
 def test_restarted_worker_takes_its_own_pending_entry_first(
-    worker_setup: WorkerSetup, bsnexus_backend: Backend, redis_server: RedisServer, tmp_path: Path
+    worker_setup: WorkerSetup, bsnexus_backend: BackendDouble, redis_server: RedisServer, tmp_path: Path
 ) -> None:
     worker_setup.register(bsnexus_backend.url, redis_server.url)
     client = redis_server.client()
@@ -81,7 +84,7 @@ def test_restarted_worker_takes_its_own_pending_entry_first(
 
 
 def test_poison_message_is_dead_lettered_after_n_deliveries(
-    worker_setup: WorkerSetup, bsnexus_backend: Backend, redis_server: RedisServer, tmp_path: Path
+    worker_setup: WorkerSetup, bsnexus_backend: BackendDouble, redis_server: RedisServer, tmp_path: Path
 ) -> None:
     worker_setup.register(bsnexus_backend.url, redis_server.url)
     client = redis_server.client()
@@ -104,7 +107,7 @@ def test_poison_message_is_dead_lettered_after_n_deliveries(
 
 
 def test_two_workers_share_a_thousand_tasks_without_duplicates(
-    worker_setup: WorkerSetup, bsnexus_backend: Backend, redis_server: RedisServer
+    worker_setup: WorkerSetup, bsnexus_backend: BackendDouble, redis_server: RedisServer
 ) -> None:
     other = _second(worker_setup, "other")
     worker_setup.register(bsnexus_backend.url, redis_server.url)
@@ -112,7 +115,7 @@ def test_two_workers_share_a_thousand_tasks_without_duplicates(
     settings = {"BSNEXUS_EXECUTOR_TYPE": "command", "BSNEXUS_COMMAND": "true"}
     workers = [worker_setup.start(**settings), other.start(**settings)]
     ids = [setup.saved()["BSNEXUS_WORKER_ID"] for setup in (worker_setup, other)]
-    wait_until(lambda: all(bsnexus_backend.state.heartbeats(worker_id) for worker_id in ids), what="both workers")
+    wait_until(lambda: all(bsnexus_backend.heartbeats(worker_id) for worker_id in ids), what="both workers")
     client = redis_server.client()
     with client.pipeline(transaction=False) as pipe:
         for number in range(1000):
@@ -133,74 +136,101 @@ def test_two_workers_share_a_thousand_tasks_without_duplicates(
     assert client.xpending("tasks:queue", "workers")["pending"] == 0
 
 
-def test_heartbeat_refused_without_registration_token_exits_77_after_the_task(
-    worker_setup: WorkerSetup, bsnexus_backend: Backend, redis_server: RedisServer, tmp_path: Path
+def test_token_expired_without_registration_token_exits_77_after_the_task(
+    worker_setup: WorkerSetup, bsnexus_backend: BackendDouble, redis_server: RedisServer, tmp_path: Path
 ) -> None:
-    worker_setup.register(bsnexus_backend.url, redis_server.url)
+    worker_setup.register(bsnexus_backend.url, redis_server.url, "--registration-token-elsewhere")
+    worker_id = worker_setup.saved()["BSNEXUS_WORKER_ID"]
     client = redis_server.client()
     add_task(client, task_id="h-1", repo_path=str(tmp_path / "repo"), worker_prompt=prompt_json("@sleep=1.5"))
     worker = worker_setup.start()
     wait_until(lambda: worker_setup.claude_calls(), what="the task to start")
-    bsnexus_backend.state.script("heartbeat", (401, {"detail": "Invalid worker token"}))
+    bsnexus_backend.expire_token(worker_id)  # 24 h later: heartbeats get 401 "Invalid token"
     code, _out, err = finish(worker)
     assert code == 77, err
-    assert "run `bsnexus-worker register` again" in err and "Traceback" not in err
+    assert "Invalid token" in err and "run `bsnexus-worker register` again" in err and "Traceback" not in err
     assert len(err.strip().splitlines()) == 1
     (done,) = results(client)
     assert done["task_id"] == "h-1" and done["success"] == "true"  # the running task was finished
 
-    bsnexus_backend.state.script("heartbeat", (404, {"detail": "Worker not found"}))
+    bsnexus_backend.forget(worker_id)  # and 90 s later the registry entry is gone too
     gone = worker_setup.cli("run", "--duration", "5")
     assert_clean_failure(gone, 77)
-    assert "HTTP 404" in gone.stderr
+    assert "does not list it" in gone.stderr
+    assert worker_setup.claude_calls()[1:] == []
 
 
-def test_heartbeat_404_with_registration_token_reregisters_and_keeps_going(
-    worker_setup: WorkerSetup, bsnexus_backend: Backend, redis_server: RedisServer
+def test_register_once_run_anytime(
+    worker_setup: WorkerSetup, bsnexus_backend: BackendDouble, redis_server: RedisServer
 ) -> None:
+    """A gap longer than the registry's TTL, a token expired after "24 h", a backend restart and
+    a lost database, with the registration token only in the .env file register wrote."""
+    bsnexus_backend.worker_ttl_seconds = 0.5
     worker_setup.register(bsnexus_backend.url, redis_server.url)
     worker_id = worker_setup.saved()["BSNEXUS_WORKER_ID"]
-    old_token = worker_setup.saved()["BSNEXUS_WORKER_TOKEN"]
-    bsnexus_backend.state.script("heartbeat", (404, {"detail": "Worker expired"}))
-    result = worker_setup.cli("run", "--duration", "1.5", BSNEXUS_REGISTRATION_TOKEN=REGISTRATION_TOKEN)
-    assert result.returncode == 0, result.stderr
-    assert "re-registered worker" in result.stderr
-    again = bsnexus_backend.state.requests_to("register")[-1].body
-    assert again["worker_id"] == worker_id and again["worker_token"] == old_token
-    saved = worker_setup.saved()
-    assert saved["BSNEXUS_WORKER_ID"] == worker_id
-    assert saved["BSNEXUS_WORKER_TOKEN"] == bsnexus_backend.state.workers[worker_id].token != old_token
-    assert bsnexus_backend.state.heartbeats(worker_id) >= 2  # accepted with the new token
-    assert old_token not in result.stderr and saved["BSNEXUS_WORKER_TOKEN"] not in result.stderr
+    wait_until(lambda: not bsnexus_backend.alive(worker_id), what="the registry to forget the worker")
+
+    worker = worker_setup.start()  # no token in the environment: only in the .env file
+    wait_until(lambda: bsnexus_backend.heartbeats(worker_id) >= 1, what="heartbeats after re-registering")
+    assert bsnexus_backend.requests_to(REGISTER)[-1].json()["worker_id"] == worker_id
+    assert len(bsnexus_backend.requests_to(REGISTER)) == 2 and worker_setup.saved()["BSNEXUS_WORKER_ID"] == worker_id
+
+    bsnexus_backend.expire_token(worker_id)  # "24 h" of running
+    wait_until(lambda: len(bsnexus_backend.requests_to(REGISTER)) == 3, what="re-registration on 401")
+    beats = bsnexus_backend.heartbeats(worker_id)
+    wait_until(lambda: bsnexus_backend.heartbeats(worker_id) >= beats + 2, what="heartbeats with the new token")
+
+    bsnexus_backend.reset("*", times=None)  # the backend restarts: connections fail meanwhile
+    wait_until(lambda: "heartbeat failed" in stderr_of(worker), what="the outage to be reported")
+    wait_until(lambda: not bsnexus_backend.alive(worker_id), what="the registry entry to lapse meanwhile")
+    bsnexus_backend.heal()
+    wait_until(lambda: "answers heartbeats again" in stderr_of(worker), what="the recovery to be reported")
+    wait_until(lambda: bsnexus_backend.alive(worker_id), what="re-registration after the 404")
+    worker.send_signal(signal.SIGTERM)
+    code, _out, err = finish(worker)
+    assert code == 0, err
+    assert err.count("heartbeat failed") == 1 and err.count("answers heartbeats again") == 1  # one line each
+    assert "Retrying" not in err and "Traceback" not in err
+    assert bsnexus_backend.requests_to(f"DELETE /api/v1/workers/{worker_id}")  # deregistered at the stop
+    assert not bsnexus_backend.alive(worker_id)
+    token = worker_setup.saved()["BSNEXUS_WORKER_TOKEN"]
+    assert token == bsnexus_backend.token_of(worker_id) or not bsnexus_backend.alive(worker_id)
+    assert token not in err and REGISTRATION_TOKEN not in err
+
+    bsnexus_backend.lose_database()
+    lost = worker_setup.cli("run", "--duration", "5")
+    assert_clean_failure(lost, 75)
+    assert "registered as" in lost.stderr and "start the worker again" in lost.stderr
+    new_id = worker_setup.saved()["BSNEXUS_WORKER_ID"]
+    assert new_id != worker_id and new_id in bsnexus_backend.rows
+    again = worker_setup.cli("run", "--duration", "0.5")
+    assert again.returncode == 0, again.stderr
 
 
 def test_backend_down_at_start_tasks_go_on_and_heartbeats_resume(
-    worker_setup: WorkerSetup, bsnexus_backend: Backend, redis_server: RedisServer, tmp_path: Path
+    worker_setup: WorkerSetup, bsnexus_backend: BackendDouble, redis_server: RedisServer, tmp_path: Path
 ) -> None:
     worker_setup.register(bsnexus_backend.url, redis_server.url)
     worker_id = worker_setup.saved()["BSNEXUS_WORKER_ID"]
-    port = bsnexus_backend.server.server_address[1]
-    bsnexus_backend.server.stop()
+    bsnexus_backend.reset("*", times=None)
     client = redis_server.client()
-    worker = worker_setup.start()
+    worker = worker_setup.start(BSNEXUS_HTTP_RETRIES="3")
     add_task(client, task_id="d-1", repo_path=str(tmp_path / "repo"), worker_prompt=prompt_json("x"))
     wait_until(lambda: results(client), what="the result while the backend is down")
     wait_until(lambda: "heartbeat failed" in stderr_of(worker), what="the heartbeat failure to be reported")
-    assert "connection refused" in stderr_of(worker)
-    revived = BackendServer(bsnexus_backend.state, port).start()
-    try:
-        wait_until(lambda: bsnexus_backend.state.heartbeats(worker_id) >= 1, what="heartbeats to resume")
-        worker.send_signal(signal.SIGTERM)
-        code, _out, err = finish(worker)
-    finally:
-        revived.stop()
+    assert "connection reset" in stderr_of(worker)
+    bsnexus_backend.heal()
+    wait_until(lambda: bsnexus_backend.heartbeats(worker_id) >= 1, what="heartbeats to resume")
+    worker.send_signal(signal.SIGTERM)
+    code, _out, err = finish(worker)
     assert code == 0, err
-    assert "answers heartbeats again" in err
+    assert err.count("heartbeat failed") == 1 and "answers heartbeats again" in err
+    assert "Retrying" not in err  # urllib3's per-attempt warnings stay out of the log
     assert results(client)[0]["success"] == "true"
 
 
 def test_redis_restart_while_running_and_redis_down(
-    worker_setup: WorkerSetup, bsnexus_backend: Backend, redis_server: RedisServer, tmp_path: Path
+    worker_setup: WorkerSetup, bsnexus_backend: BackendDouble, redis_server: RedisServer, tmp_path: Path
 ) -> None:
     worker_setup.register(bsnexus_backend.url, redis_server.url)
     client = redis_server.client()
@@ -225,7 +255,7 @@ def test_redis_restart_while_running_and_redis_down(
 
 
 def test_redis_refusals_are_clear_and_keep_the_password_secret(
-    worker_setup: WorkerSetup, bsnexus_backend: Backend, redis_server: RedisServer
+    worker_setup: WorkerSetup, bsnexus_backend: BackendDouble, redis_server: RedisServer
 ) -> None:
     worker_setup.register(bsnexus_backend.url, redis_server.url)
     client = redis_server.client()
@@ -250,7 +280,7 @@ def test_redis_refusals_are_clear_and_keep_the_password_secret(
 
 
 def test_unregister_refuses_while_the_worker_runs(
-    worker_setup: WorkerSetup, bsnexus_backend: Backend, redis_server: RedisServer
+    worker_setup: WorkerSetup, bsnexus_backend: BackendDouble, redis_server: RedisServer
 ) -> None:
     worker_setup.register(bsnexus_backend.url, redis_server.url)
     worker = worker_setup.start("--duration", "10")
@@ -265,17 +295,17 @@ def test_unregister_refuses_while_the_worker_runs(
 
 
 def test_register_again_while_running_the_worker_adopts_the_new_token(
-    worker_setup: WorkerSetup, bsnexus_backend: Backend, redis_server: RedisServer
+    worker_setup: WorkerSetup, bsnexus_backend: BackendDouble, redis_server: RedisServer
 ) -> None:
     worker_setup.register(bsnexus_backend.url, redis_server.url)
     worker_id = worker_setup.saved()["BSNEXUS_WORKER_ID"]
     worker = worker_setup.start()
-    wait_until(lambda: bsnexus_backend.state.heartbeats(worker_id) >= 1, what="the first heartbeat")
+    wait_until(lambda: bsnexus_backend.heartbeats(worker_id) >= 1, what="the first heartbeat")
     worker_setup.register(bsnexus_backend.url, redis_server.url)  # the server issues a new token
     new_token = worker_setup.saved()["BSNEXUS_WORKER_TOKEN"]
-    assert bsnexus_backend.state.workers[worker_id].token == new_token
-    beats = bsnexus_backend.state.heartbeats(worker_id)
-    wait_until(lambda: bsnexus_backend.state.heartbeats(worker_id) >= beats + 2, what="heartbeats with the new token")
+    assert bsnexus_backend.token_of(worker_id) == new_token
+    beats = bsnexus_backend.heartbeats(worker_id)
+    wait_until(lambda: bsnexus_backend.heartbeats(worker_id) >= beats + 2, what="heartbeats with the new token")
     assert worker.poll() is None  # still running
     worker.send_signal(signal.SIGTERM)
     code, _out, err = finish(worker)

@@ -98,7 +98,9 @@ def register_command(args: argparse.Namespace) -> int:
     saved_server = loaded.env.get("BSNEXUS_SERVER_URL", "").rstrip("/")
     if settings.worker_id and saved_server and saved_server != settings.server_url:
         log.info(
-            "the saved identity belongs to %s; registering with %s as a new worker", saved_server, settings.server_url
+            "the saved identity belongs to %s; registering with %s as a new worker",
+            safe_url(saved_server),
+            safe_url(settings.server_url),
         )
         settings = dataclasses.replace(settings, worker_id="", worker_token="")
     session = registration.make_session(settings)
@@ -112,14 +114,14 @@ def register_command(args: argparse.Namespace) -> int:
             {
                 "workerId": answer.worker_id,
                 "reusedIdentity": answer.reused,
-                "serverUrl": settings.server_url,
+                "serverUrl": safe_url(settings.server_url),
                 "envFile": str(settings.env_file),
             }
         )
     else:
         verb = "re-registered" if answer.reused else "registered"
-        print(f"{verb} worker {answer.worker_id}; credentials saved to {settings.env_file}")
-        print(f"start it with: {PROG} run" + (f" --env-file {settings.env_file}" if args.env_file else ""))
+        cli.print_line(f"{verb} worker {answer.worker_id}; credentials saved to {settings.env_file}")
+        cli.print_line(f"start it with: {PROG} run" + (f" --env-file {settings.env_file}" if args.env_file else ""))
     return Exit.OK
 
 
@@ -144,29 +146,23 @@ def _run_locked(settings: Settings, executor: executors.Executor, *, json_output
     session = registration.make_session(settings)
     tally = record.Tally(settings=settings, worker_id=settings.worker_id)
     tally.save(pid=os.getpid(), stoppedAt=None, stopReason=None)
-    in_flight = worker.InFlight()
-    beat = Heartbeat(settings=settings, session=session, client=client, stop=stop, tally=tally, in_flight=in_flight)
+    consumer = worker.Worker(settings=settings, executor=executor, client=client, stop=stop, tally=tally)
+    beat = Heartbeat(settings=settings, session=session, client=client, stop=stop, tally=tally, worker=consumer)
     started = time.monotonic()
     log.info(
         "worker %s taking tasks from %s (executor %s, server %s)",
         settings.worker_id,
         safe_url(settings.redis_url),
         executor.name,
-        settings.server_url,
+        safe_url(settings.server_url),
     )
-    beat.start()
     try:
-        summary = worker.work(
-            settings=settings,
-            worker_id=settings.worker_id,
-            executor=executor,
-            client=client,
-            stop=stop,
-            tally=tally,
-            in_flight=in_flight,
-        )
+        beat.register_if_forgotten()
+        beat.start()
+        summary = consumer.work()
     finally:
         beat.close()
+        beat.deregister()
         for number, handler in previous.items():
             signal.signal(number, handler)
         tally.save(stoppedAt=state.isoformat(state.now_utc()), stopReason=stop.reason or "ended", pid=None)
@@ -215,7 +211,7 @@ def status_command(args: argparse.Namespace) -> int:
     facts: dict[str, Any] = {
         "workerId": settings.worker_id,
         "workerName": settings.worker_name,
-        "serverUrl": settings.server_url,
+        "serverUrl": safe_url(settings.server_url),
         "redisUrl": safe_url(settings.redis_url),
         "executorType": settings.executor_type,
         "envFile": str(settings.env_file),
@@ -273,7 +269,7 @@ def unregister_command(args: argparse.Namespace) -> int:
         raise TransientError(f"worker {settings.worker_id} is running: stop it before unregistering it")
     session = registration.make_session(settings)
     try:
-        registration.deregister(session, settings, worker_id=settings.worker_id, token=settings.worker_token)
+        registration.deregister(session, settings, worker_id=settings.worker_id)
     except registration.CredentialsRefused as refused:
         if not args.force:
             raise AuthError(
@@ -291,5 +287,5 @@ def unregister_command(args: argparse.Namespace) -> int:
     if args.json:
         cli.print_json({"workerId": settings.worker_id, "unregistered": True, "envFile": str(settings.env_file)})
     else:
-        print(f"unregistered worker {settings.worker_id}; removed its identity from {settings.env_file}")
+        cli.print_line(f"unregistered worker {settings.worker_id}; removed its identity from {settings.env_file}")
     return Exit.OK

@@ -46,7 +46,7 @@ class Request:
 
 
 @dataclass(frozen=True)
-class Outcome:
+class ExecutorOutcome:
     success: bool
     output: str = ""
     error_message: str = ""
@@ -75,7 +75,7 @@ class Executor:
         """Problems worth a warning at start (each task still reports its own failure)."""
         return []
 
-    def execute(self, request: Request, *, should_abort: ShouldAbort) -> Outcome:
+    def execute(self, request: Request, *, should_abort: ShouldAbort) -> ExecutorOutcome:
         raise NotImplementedError
 
     def review(self, request: Request, *, should_abort: ShouldAbort) -> Verdict:
@@ -123,16 +123,18 @@ class ClaudeCodeExecutor(Executor):
             ]
         return []
 
-    def execute(self, request: Request, *, should_abort: ShouldAbort) -> Outcome:
+    def execute(self, request: Request, *, should_abort: ShouldAbort) -> ExecutorOutcome:
         binary = shutil.which(self.settings.claude_binary)
         if binary is None:
-            return Outcome(
+            return ExecutorOutcome(
                 False,
                 error_message=f"the Claude Code CLI {self.settings.claude_binary!r} was not found on PATH "
                 "(install it, or set BSNEXUS_CLAUDE_BINARY)",
             )
         if not request.repo_path:
-            return Outcome(False, error_message="the task has no repo_path: claude-code needs a working directory")
+            return ExecutorOutcome(
+                False, error_message="the task has no repo_path: claude-code needs a working directory"
+            )
         argv = [binary, "--print", "--dangerously-skip-permissions"]
         return run_process(
             argv,
@@ -166,7 +168,7 @@ class CommandExecutor(Executor):
                 + ")"
             ) from None
 
-    def execute(self, request: Request, *, should_abort: ShouldAbort) -> Outcome:
+    def execute(self, request: Request, *, should_abort: ShouldAbort) -> ExecutorOutcome:
         values = {
             "task_id": request.task_id,
             "kind": request.kind,
@@ -226,12 +228,12 @@ def run_process(
     cwd: str | None,
     timeout_seconds: float,
     should_abort: ShouldAbort,
-) -> Outcome:
+) -> ExecutorOutcome:
     """Run ``argv`` with ``prompt`` on stdin in a new process group; kill the whole group on
     timeout or when ``should_abort`` says so. Output goes to temporary files, not pipes, so
     a chatty child can never block on a full pipe."""
     if cwd is not None and not os.path.isdir(cwd):
-        return Outcome(False, error_message=f"working directory {cwd} does not exist")
+        return ExecutorOutcome(False, error_message=f"working directory {cwd} does not exist")
     with tempfile.TemporaryFile() as stdout_file, tempfile.TemporaryFile() as stderr_file:
         try:
             process = subprocess.Popen(
@@ -244,7 +246,7 @@ def run_process(
                 start_new_session=True,
             )
         except OSError as error:
-            return Outcome(False, error_message=f"cannot start {os.path.basename(argv[0])}: {error.strerror}")
+            return ExecutorOutcome(False, error_message=f"cannot start {os.path.basename(argv[0])}: {error.strerror}")
         deadline = time.monotonic() + timeout_seconds
         stop_reason = _wait(process, prompt.encode("utf-8"), deadline=deadline, should_abort=should_abort)
         if stop_reason is None and process.returncode is None:
@@ -256,13 +258,13 @@ def run_process(
     exit_code = process.returncode
     name = os.path.basename(argv[0])
     if stop_reason is not None:
-        return Outcome(False, output, f"{name} {stop_reason}", exit_code)
+        return ExecutorOutcome(False, output, f"{name} {stop_reason}", exit_code)
     if exit_code != 0:
         last_lines = " | ".join(errors.strip().splitlines()[-3:])[:500]
-        return Outcome(
+        return ExecutorOutcome(
             False, output, f"{name} exited with code {exit_code}" + (f": {last_lines}" if last_lines else ""), exit_code
         )
-    return Outcome(True, output, "", exit_code)
+    return ExecutorOutcome(True, output, "", exit_code)
 
 
 def _wait(

@@ -33,6 +33,15 @@ WORKER_NAME = Option(
 REGISTRATION_TOKEN = Option(
     "registration_token", str, "", "registration token from the admin UI", env="BSNEXUS_REGISTRATION_TOKEN", secret=True
 )
+REGISTRATION_TOKEN_ELSEWHERE = Option(
+    "registration_token_elsewhere",
+    bool,
+    False,
+    "the registration token reaches `run` another way (environment, secret store): register does not "
+    "save it in the .env file",
+    flag="--registration-token-elsewhere",
+    env="BSNEXUS_REGISTRATION_TOKEN_ELSEWHERE",
+)
 WORKER_ID = Option("worker_id", str, "", "worker id (saved by register)", env="BSNEXUS_WORKER_ID")
 WORKER_TOKEN = Option(
     "worker_token", str, "", "worker auth token (saved by register)", env="BSNEXUS_WORKER_TOKEN", secret=True
@@ -70,7 +79,8 @@ TUNING = (
         "visibility_timeout_seconds",
         float,
         300.0,
-        "a task pending this long on a consumer that stopped refreshing it is claimed by another worker",
+        "a task pending this long on a consumer the backend has forgotten (its worker:{id} hash gone) is "
+        "claimed by another worker; a live consumer's tasks are never claimed",
         env="BSNEXUS_VISIBILITY_TIMEOUT_SECONDS",
         minimum=0.05,
     ),
@@ -155,13 +165,14 @@ OPTIONS = (
     EXECUTOR_TYPE,
     WORKER_NAME,
     REGISTRATION_TOKEN,
+    REGISTRATION_TOKEN_ELSEWHERE,
     WORKER_ID,
     WORKER_TOKEN,
     DURATION,
     MAX_TASKS,
     *TUNING,
 )
-REGISTER_FLAGS = (SERVER_URL, REDIS_URL, EXECUTOR_TYPE, WORKER_NAME)
+REGISTER_FLAGS = (SERVER_URL, REDIS_URL, EXECUTOR_TYPE, WORKER_NAME, REGISTRATION_TOKEN_ELSEWHERE)
 RUN_FLAGS = (DURATION, MAX_TASKS)
 
 
@@ -172,6 +183,7 @@ class Settings:
     executor_type: str
     worker_name: str
     registration_token: str
+    registration_token_elsewhere: bool
     worker_id: str
     worker_token: str
     duration_seconds: float
@@ -212,8 +224,11 @@ def load(args: argparse.Namespace, loaded: config.LoadedConfig, *, token_flag: s
         register_secret(values[secret])
     problems = []
     if values["server_url"] and not values["server_url"].startswith(("http://", "https://")):
-        problems.append(f"--url / BSNEXUS_SERVER_URL: expected an http(s):// URL, got {values['server_url']!r}")
+        problems.append(
+            f"--url / BSNEXUS_SERVER_URL: expected an http(s):// URL, got {safe_url(values['server_url'])!r}"
+        )
     register_secret(_password_of(values["redis_url"]))
+    register_secret(_password_of(values["server_url"]))  # http://user:PASS@host
     redis_problem = _redis_url_problem(values["redis_url"])
     if redis_problem:
         problems.append(f"--redis-url / BSNEXUS_REDIS_URL: {redis_problem}, got {safe_url(values['redis_url'])!r}")
