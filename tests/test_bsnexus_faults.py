@@ -3,10 +3,8 @@ refused heartbeats, a backend that is down, and Redis restarting."""
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import json
-import os
 import signal
 import time
 from collections import Counter
@@ -31,11 +29,17 @@ def _second(setup: WorkerSetup, name: str) -> WorkerSetup:
     return dataclasses.replace(setup, env_file=setup.env_file.with_name(f"{name}.env"))
 
 
-def _kill_orphan(setup: WorkerSetup) -> None:
-    marker = Path(str(setup.claude_log) + ".slept")
-    pid = int(marker.read_text())
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(pid, signal.SIGKILL)  # the executor ran in its own process group
+def _executor_died_with_its_worker(setup: WorkerSetup) -> None:
+    """PR_SET_PDEATHSIG: the executor of a worker killed with SIGKILL does not run on."""
+    pid = int(Path(str(setup.claude_log) + ".slept").read_text())
+    wait_until(lambda: _gone(pid), what=f"the executor {pid} to die with its worker")
+
+
+def _gone(pid: int) -> bool:
+    try:
+        return "State:\tZ" in Path(f"/proc/{pid}/status").read_text()
+    except FileNotFoundError:
+        return True
 
 
 def test_killed_worker_task_is_claimed_by_another_after_visibility_timeout(
@@ -53,7 +57,7 @@ def test_killed_worker_task_is_claimed_by_another_after_visibility_timeout(
     wait_until(lambda: Path(str(worker_setup.claude_log) + ".slept").exists(), what="the task to start")
     victim.kill()
     finish(victim)
-    _kill_orphan(worker_setup)
+    _executor_died_with_its_worker(worker_setup)
     assert results(client) == []
     wait_until(lambda: not bsnexus_backend.alive(victim_id), what="the registry to forget the killed worker")
     code = other.cli("run", "--max-tasks", "1", "--duration", "20").returncode
@@ -65,20 +69,25 @@ def test_killed_worker_task_is_claimed_by_another_after_visibility_timeout(
     assert client.xpending("tasks:queue", "workers")["pending"] == 0
 
 
-def test_restarted_worker_takes_its_own_pending_entry_first(
+def test_restarted_worker_kills_what_its_predecessor_left_then_takes_its_own_pending_entry_first(
     worker_setup: WorkerSetup, bsnexus_backend: BackendDouble, redis_server: RedisServer, tmp_path: Path
 ) -> None:
     worker_setup.register(bsnexus_backend.url, redis_server.url)
     client = redis_server.client()
-    add_task(client, task_id="o-1", repo_path=str(tmp_path / "repo"), worker_prompt=prompt_json("@sleep-first"))
+    prompt = prompt_json("@spawn @sleep-first")  # the executor starts a process of its own, then hangs
+    add_task(client, task_id="o-1", repo_path=str(tmp_path / "repo"), worker_prompt=prompt)
     add_task(client, task_id="o-2", repo_path=str(tmp_path / "repo"), worker_prompt=prompt_json("next"))
     victim = worker_setup.start(BSNEXUS_VISIBILITY_TIMEOUT_SECONDS="600")
     wait_until(lambda: Path(str(worker_setup.claude_log) + ".slept").exists(), what="the task to start")
+    grandchild = int(Path(str(worker_setup.claude_log) + ".grandchild").read_text())
     victim.kill()
     finish(victim)
-    _kill_orphan(worker_setup)
+    _executor_died_with_its_worker(worker_setup)
+    assert not _gone(grandchild)  # no parent-death signal of its own: left in the recorded group
     result = worker_setup.cli("run", "--max-tasks", "2", BSNEXUS_VISIBILITY_TIMEOUT_SECONDS="600")
     assert result.returncode == 0, result.stderr
+    assert "killed 1 process(es) a previous run" in result.stderr
+    assert _gone(grandchild)
     assert [fields["task_id"] for fields in results(client)] == ["o-1", "o-2"]
     assert results(client)[0]["delivery_count"] == "2"
 

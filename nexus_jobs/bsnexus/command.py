@@ -12,7 +12,6 @@ import argparse
 import dataclasses
 import logging
 import os
-import signal
 import sys
 import time
 from collections.abc import Sequence
@@ -23,6 +22,7 @@ from ..core import config, state
 from ..core.errors import AuthError, BackendUnavailable, ConfigError, LockHeld, TransientError, UsageError
 from ..core.exits import Exit
 from ..core.secrets import redact
+from ..core.stopping import StopSignals
 from . import executors, record, registration, streams, worker
 from . import settings as worker_settings
 from .heartbeat import Heartbeat
@@ -140,8 +140,14 @@ def run_command(args: argparse.Namespace) -> int:
 def _run_locked(settings: Settings, executor: executors.Executor, *, json_output: bool) -> int:
     for warning in executor.warnings():
         log.warning("%s", warning)
-    stop = worker.Stop(grace_seconds=settings.grace_seconds, duration_seconds=settings.duration_seconds)
-    previous = {number: signal.signal(number, stop.on_signal) for number in (signal.SIGTERM, signal.SIGINT)}
+    signals = StopSignals().install()
+    stop = worker.Stop(
+        grace_seconds=settings.grace_seconds, duration_seconds=settings.duration_seconds, signals=signals
+    )
+    children = getattr(executor, "record", None)  # None for a plug-in not built on Executor
+    killed = children.kill_leftovers() if children is not None else 0  # before anything runs: never twice at once
+    if killed:
+        log.warning("killed %d process(es) a previous run of worker %s left running", killed, settings.worker_id)
     client = streams.connect(settings.redis_url, poll_seconds=settings.poll_seconds)
     session = registration.make_session(settings)
     tally = record.Tally(settings=settings, worker_id=settings.worker_id)
@@ -163,8 +169,7 @@ def _run_locked(settings: Settings, executor: executors.Executor, *, json_output
     finally:
         beat.close()
         beat.deregister()
-        for number, handler in previous.items():
-            signal.signal(number, handler)
+        signals.restore()
         tally.save(stoppedAt=state.isoformat(state.now_utc()), stopReason=stop.reason or "ended", pid=None)
         client.close()
         session.close()

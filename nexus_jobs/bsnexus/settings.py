@@ -240,19 +240,6 @@ def load(args: argparse.Namespace, loaded: config.LoadedConfig, *, token_flag: s
     return Settings(**values, env_file=loaded.env_file, state_dir=state_dir)
 
 
-# Never handed to child processes: worker credentials and a Redis URL that may hold a password.
-PRIVATE_ENV = ("BSNEXUS_WORKER_TOKEN", "BSNEXUS_REGISTRATION_TOKEN", "BSNEXUS_REDIS_URL", "NEXUS_API_KEY")
-
-
-def child_environment(**extra: str) -> dict[str, str]:
-    """This process's environment without the secrets of :data:`PRIVATE_ENV`."""
-    import os
-
-    environment = {key: value for key, value in os.environ.items() if key not in PRIVATE_ENV}
-    environment.update(extra)
-    return environment
-
-
 def _redis_url_problem(url: str) -> str:
     if not url.startswith(("redis://", "rediss://", "unix://")):
         return "expected a redis://, rediss:// or unix:// URL"

@@ -3,7 +3,7 @@ settings, the Redis client, the executor, the stop flags and the tally; ``work()
 executes, reports and acknowledges, each a short method, and every way out of the loop is
 named and logged.
 
-Signal handlers only set flags (:class:`Stop`): the first SIGTERM/SIGINT stops intake and lets
+Signal handlers only count (:class:`Stop` reads them): the first SIGTERM/SIGINT stops intake and lets
 the running task finish within the grace period, a second one kills it at once. Either way
 the task's failure is published before it is acknowledged, and the run exits 0.
 """
@@ -11,11 +11,11 @@ the task's failure is published before it is acknowledged, and the run exits 0.
 from __future__ import annotations
 
 import logging
-import signal
 import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
+from ..core.stopping import StopSignals
 from . import gitops, streams, tasks
 from .executors import Executor, Request
 from .record import Tally
@@ -30,30 +30,34 @@ REDIS_BACKOFF_START_SECONDS = 0.1
 
 
 class Stop:
-    """Why the loop must end. Set by signal handlers, the heartbeat thread and the clock."""
+    """Why the loop must end: the stop signals (:class:`~nexus_jobs.core.stopping.StopSignals`,
+    whose handlers only count), the heartbeat thread, and the clock of ``--duration``."""
 
-    def __init__(self, *, grace_seconds: float, duration_seconds: float = 0.0) -> None:
+    def __init__(
+        self, *, grace_seconds: float, duration_seconds: float = 0.0, signals: StopSignals | None = None
+    ) -> None:
         self.grace_seconds = grace_seconds
         self.ends_at = time.monotonic() + duration_seconds if duration_seconds else None
         self.duration_seconds = duration_seconds
+        self.signals = signals or StopSignals()
         self.reason = ""
         self.since: float | None = None
-        self.now = False
-        self.signals = 0
         self.exit_error: Exception | None = None  # raised by main() once the loop has ended
 
-    def request(self, reason: str, *, now: bool = False, error: Exception | None = None) -> None:
+    def request(self, reason: str, *, error: Exception | None = None) -> None:
         if not self.reason:
             self.reason, self.since = reason, time.monotonic()
         if error is not None and self.exit_error is None:
             self.exit_error = error
-        self.now = self.now or now
 
-    def on_signal(self, signum: int, _frame: Any) -> None:
-        self.signals += 1
-        self.request(f"received {signal.Signals(signum).name}", now=self.signals > 1)
+    @property
+    def now(self) -> bool:
+        """A second signal came: the running task is killed at once."""
+        return self.signals.now
 
     def stopping(self) -> bool:
+        if not self.reason and self.signals.requested:
+            self.request(f"received {self.signals.name}")
         if not self.reason and self.ends_at is not None and time.monotonic() >= self.ends_at:
             self.request(f"--duration of {self.duration_seconds:g} s reached")
         return bool(self.reason)
