@@ -161,14 +161,16 @@ def _detail(response: requests.Response) -> str:
     """The ``detail`` of a FastAPI error body, on one short line."""
     try:
         body = response.json()
-    except ValueError:
+    except (ValueError, RecursionError):  # hostile answers: any nesting depth is bad input
         return response.text.strip().splitlines()[0][:200] if response.text.strip() else ""
     detail = body.get("detail") if isinstance(body, dict) else body
     if isinstance(detail, list):  # 422: [{"loc": [...], "msg": ...}, ...]
         parts = []
         for item in detail[:5]:
             if isinstance(item, dict):
-                where = ".".join(str(part) for part in item.get("loc", []) if part != "body")
+                loc = item.get("loc")
+                loc = loc if isinstance(loc, list) else []
+                where = ".".join(str(part) for part in loc if part != "body")
                 parts.append(f"{where}: {item.get('msg', '')}" if where else str(item.get("msg", "")))
             else:
                 parts.append(str(item))
@@ -179,11 +181,13 @@ def _detail(response: requests.Response) -> str:
 def _parse_registration(response: requests.Response, *, reused: bool) -> Registration:
     try:
         body = response.json()
-    except ValueError:
+    except (ValueError, RecursionError):
         body = None
-    if not isinstance(body, dict) or not isinstance(body.get("worker_id"), (str, int)) or not body.get("token"):
+    if not isinstance(body, dict) or not isinstance(body.get("worker_id"), str) or not body.get("token"):
         raise BackendUnavailable("the BSNexus server's registration answer has no worker_id and token")
-    token = str(body["token"])
+    token = body["token"]
+    if not isinstance(token, str) or not token.isascii() or not token.isprintable() or " " in token:
+        raise BackendUnavailable("the BSNexus server's registration answer has a token that is not printable ASCII")
     register_secret(token)
     streams: dict[str, Any] = body["streams"] if isinstance(body.get("streams"), dict) else {}
     groups: dict[str, Any] = body["consumer_groups"] if isinstance(body.get("consumer_groups"), dict) else {}

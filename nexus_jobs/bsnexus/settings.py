@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import argparse
 import re
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from ..core import config
 from ..core.errors import ConfigError
@@ -54,6 +56,7 @@ DURATION = Option(
     flag="--duration",
     env="BSNEXUS_DURATION",
     minimum=0,
+    maximum=31_536_000,
 )
 MAX_TASKS = Option(
     "max_tasks",
@@ -63,6 +66,7 @@ MAX_TASKS = Option(
     flag="--max-tasks",
     env="BSNEXUS_MAX_TASKS",
     minimum=0,
+    maximum=1_000_000_000,
 )
 
 TUNING = (
@@ -83,6 +87,7 @@ TUNING = (
         "claimed by another worker; a live consumer's tasks are never claimed",
         env="BSNEXUS_VISIBILITY_TIMEOUT_SECONDS",
         minimum=0.05,
+        maximum=604_800,
     ),
     Option(
         "max_deliveries",
@@ -91,6 +96,7 @@ TUNING = (
         "a task delivered more often than this is a poison message: failed and dead-lettered",
         env="BSNEXUS_MAX_DELIVERIES",
         minimum=1,
+        maximum=1000,
     ),
     Option(
         "task_timeout_seconds",
@@ -99,6 +105,7 @@ TUNING = (
         "an executor running longer is killed (its whole process group)",
         env="BSNEXUS_TASK_TIMEOUT_SECONDS",
         minimum=0.05,
+        maximum=604_800,
     ),
     Option(
         "grace_seconds",
@@ -107,6 +114,7 @@ TUNING = (
         "after SIGTERM/SIGINT or --duration, how long the running task may still take",
         env="BSNEXUS_GRACE_SECONDS",
         minimum=0,
+        maximum=86_400,
     ),
     Option(
         "poll_seconds",
@@ -124,6 +132,7 @@ TUNING = (
         "longest wait between reconnection attempts to Redis or the server",
         env="BSNEXUS_RECONNECT_MAX_SECONDS",
         minimum=0.05,
+        maximum=3600,
     ),
     Option(
         "http_retries", int, 4, "retries of a transient HTTP failure", env="BSNEXUS_HTTP_RETRIES", minimum=0, maximum=10
@@ -222,13 +231,12 @@ def load(args: argparse.Namespace, loaded: config.LoadedConfig, *, token_flag: s
         values["registration_token"] = token_flag
     for secret in ("registration_token", "worker_token"):
         register_secret(values[secret])
-    problems = []
-    if values["server_url"] and not values["server_url"].startswith(("http://", "https://")):
-        problems.append(
-            f"--url / BSNEXUS_SERVER_URL: expected an http(s):// URL, got {safe_url(values['server_url'])!r}"
-        )
     register_secret(_password_of(values["redis_url"]))
     register_secret(_password_of(values["server_url"]))  # http://user:PASS@host
+    problems = _identity_problems(values)
+    server_problem = _server_url_problem(values["server_url"]) if values["server_url"] else ""
+    if server_problem:
+        problems.append(f"--url / BSNEXUS_SERVER_URL: {server_problem}, got {safe_url(values['server_url'])!r}")
     redis_problem = _redis_url_problem(values["redis_url"])
     if redis_problem:
         problems.append(f"--redis-url / BSNEXUS_REDIS_URL: {redis_problem}, got {safe_url(values['redis_url'])!r}")
@@ -238,6 +246,43 @@ def load(args: argparse.Namespace, loaded: config.LoadedConfig, *, token_flag: s
     assert loaded.env_file is not None
     state_dir = config.resolve_state_dir(flag=getattr(args, "state_dir", None), loaded=loaded)
     return Settings(**values, env_file=loaded.env_file, state_dir=state_dir)
+
+
+def _identity_problems(values: dict[str, Any]) -> list[str]:
+    """Tokens travel in HTTP headers and JSON (ASCII only); the backend issues uuid4 ids."""
+    problems = []
+    for option in (REGISTRATION_TOKEN, WORKER_TOKEN):
+        token = values[option.path]
+        if token and not (token.isascii() and token.isprintable() and " " not in token):
+            problems.append(f"{option.env}: a token is printable ASCII without spaces; this one is not")
+    worker_id = values["worker_id"]
+    if worker_id:
+        try:
+            canonical = str(uuid.UUID(worker_id))
+        except ValueError:
+            canonical = ""
+        if canonical != worker_id:
+            problems.append(
+                f"BSNEXUS_WORKER_ID: expected the lower-case UUID the server issued, got {worker_id[:80]!r}"
+            )
+    return problems
+
+
+def _server_url_problem(url: str) -> str:
+    from urllib.parse import urlsplit
+
+    if not url.startswith(("http://", "https://")):
+        return "expected an http(s):// URL"
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 - raises ValueError for a port that is not a number
+    except ValueError as error:
+        return str(error).rstrip(".")
+    if not parts.hostname:
+        return "the URL names no host"
+    if not url.isascii() or any(character.isspace() for character in url):
+        return "a URL is ASCII without spaces"
+    return ""
 
 
 def _redis_url_problem(url: str) -> str:

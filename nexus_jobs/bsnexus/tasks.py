@@ -45,11 +45,11 @@ def parse(message_id: str, fields: Mapping[str, str], *, kind: str) -> Task:
     if kind == EXECUTION and fields.get("type", "") == REVERT:
         kind = REVERT
     repo_path = fields.get("repo_path", "").strip()
-    if repo_path and not os.path.isabs(repo_path):
-        raise BadTask(f"repo_path must be an absolute path, got {repo_path!r}")
+    if repo_path and (not os.path.isabs(repo_path) or "\0" in repo_path):
+        raise BadTask(f"repo_path must be an absolute path, got {repo_path[:200]!r}")
     branch_name = fields.get("branch_name", "").strip()
     if branch_name and (branch_name.startswith("-") or any(ch in branch_name for ch in " ~^:?*[\\\0")):
-        raise BadTask(f"branch_name {branch_name!r} is not a valid git branch name")
+        raise BadTask(f"branch_name {branch_name[:200]!r} is not a valid git branch name")
     common = {
         "message_id": message_id,
         "task_id": task_id,
