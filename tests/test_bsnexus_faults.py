@@ -1,9 +1,11 @@
 """bsnexus-worker under faults: killed workers, poison messages, two workers on one group,
-refused heartbeats, a backend that is down, and Redis restarting."""
+refused heartbeats, a backend that forgets, expires and restarts, Redis restarting, and rounds
+of kill -9."""
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import signal
 import time
@@ -320,3 +322,81 @@ def test_register_again_while_running_the_worker_adopts_the_new_token(
     code, _out, err = finish(worker)
     assert code == 0, err
     assert "using the token saved since" in err and new_token not in err
+
+
+KILL_ROUNDS = 12
+EXECUTOR_SCRIPT = """
+import os, pathlib, sys, time
+task, log = sys.argv[1], pathlib.Path(os.environ["KILL_LOG"])
+sys.stdin.read()
+
+def alive(pid):
+    try:
+        return "State:\\tZ" not in pathlib.Path(f"/proc/{pid}/status").read_text()
+    except FileNotFoundError:
+        return False
+
+pid_file = log.with_name(task + ".pid")
+if pid_file.exists() and alive(int(pid_file.read_text())):
+    with log.open("a") as handle:
+        handle.write(f"concurrent {task}\\n")
+pid_file.write_text(str(os.getpid()))
+with log.open("a") as handle:
+    handle.write(f"start {task}\\n")
+time.sleep(1.0)
+with log.open("a") as handle:
+    handle.write(f"end {task}\\n")
+"""
+
+
+def _logged(log: Path, line: str) -> bool:
+    return line in log.read_text()
+
+
+def test_kill_9_rounds_lose_nothing_and_never_run_a_task_twice_at_once(
+    worker_setup: WorkerSetup, bsnexus_backend: BackendDouble, redis_server: RedisServer, tmp_path: Path
+) -> None:
+    """Workers killed with SIGKILL mid-task, round after round, each restarted at once: every
+    task ends with a result, and no task ever runs while its previous run is still alive."""
+    import random
+    import sys
+
+    worker_setup.register(bsnexus_backend.url, redis_server.url)
+    script = tmp_path / "executor.py"
+    script.write_text(EXECUTOR_SCRIPT)
+    log = tmp_path / "executions.log"
+    log.touch()
+    settings = {
+        "BSNEXUS_EXECUTOR_TYPE": "command",
+        "BSNEXUS_COMMAND": f"{sys.executable} {script} {{task_id}}",
+        "KILL_LOG": str(log),
+        "BSNEXUS_VISIBILITY_TIMEOUT_SECONDS": "600",
+    }
+    client = redis_server.client()
+    chooser = random.Random(11)
+    for number in range(KILL_ROUNDS):
+        add_task(client, task_id=f"k-{number}", worker_prompt=prompt_json("work"))
+        worker = worker_setup.start(**settings)
+        started = f"start k-{number}\n"
+        wait_until(functools.partial(_logged, log, started), deadline_seconds=30, what=started.strip())
+        time.sleep(chooser.uniform(0.0, 1.2))  # anywhere in the task, or just after it
+        worker.kill()
+        finish(worker)
+    survivor = worker_setup.start(**settings)
+    names = {f"k-{number}" for number in range(KILL_ROUNDS)}
+    wait_until(lambda: names <= {r["task_id"] for r in results(client)}, deadline_seconds=60, what="every result")
+    survivor.send_signal(signal.SIGTERM)
+    code, _out, err = finish(survivor)
+    assert code == 0, err
+    lines = log.read_text().splitlines()
+    starts = Counter(line.split()[1] for line in lines if line.startswith("start "))
+    published = Counter(r["task_id"] for r in results(client))
+    print(
+        f"\nkill -9 rounds: {KILL_ROUNDS}; executions {sum(starts.values())} for {len(names)} tasks "
+        f"(re-run after a kill: {sum(count - 1 for count in starts.values())}); results {sum(published.values())} "
+        f"(duplicates {sum(count - 1 for count in published.values())}); concurrent runs "
+        f"{sum(1 for line in lines if line.startswith('concurrent'))}; lost {len(names - set(published))}"
+    )
+    assert [line for line in lines if line.startswith("concurrent")] == []
+    assert set(published) == names  # nothing lost
+    assert client.xpending("tasks:queue", "workers")["pending"] == 0
