@@ -1,4 +1,4 @@
-"""P5 (SPEC 9): BSNexus dispatch, no-op tasks per second through real Redis.
+"""P5: BSNexus dispatch, no-op tasks per second through real Redis.
 
 Worker: bsnexus-worker's own loop (``worker.Worker.work``: intake order with its own pending
 entries, the claim from dead consumers and XREADGROUP over both task streams, parsing, the result fields,

@@ -1,9 +1,10 @@
 """The ``bsnexus-worker`` console script: ``register``, ``run``, ``status``, ``unregister``.
 
-Exit codes (SPEC 3.4): 0 done; 2 bad flags or no registration token; 69 server or Redis
-unreachable; 75 another ``run`` of this identity is running, or a result could not be
-published before stopping; 77 the server refused the token or the worker; 78 bad settings or
-no saved identity.
+Exit codes (docs/bsnexus.md): 0 done; 2 bad flags or no registration token; 69 server or Redis
+unreachable; 75 another ``run`` of this identity is running, a result could not be published
+before stopping, or the server had lost the worker and a new identity was saved; 77 the
+server refused a token and the worker cannot re-register; 78 bad settings or no saved
+identity.
 """
 
 from __future__ import annotations
