@@ -103,6 +103,8 @@ def test_round_trip_execution_and_qa(
     for stream, group in (("tasks:queue", "workers"), ("tasks:qa", "reviewers")):
         assert client.xpending(stream, group)["pending"] == 0
     assert bsnexus_backend.heartbeats(worker_id) >= 1
+    assert bsnexus_backend.requests_to(f"DELETE /api/v1/workers/{worker_id}")  # deregistered at the stop
+    assert not bsnexus_backend.alive(worker_id)
 
     status = worker_setup.cli("status", "--json")
     assert status.returncode == 0, status.stderr

@@ -1,12 +1,18 @@
 """In-process tests of the intake order against a real Redis: claim only from the dead, and
-keeping a running entry fresh never takes it back from a worker that claimed it."""
+keeping a running entry fresh never takes it back from a worker that claimed it (nor reports
+it a second time)."""
 
 from __future__ import annotations
 
 import uuid
+from pathlib import Path
 from typing import Any
 
-from nexus_jobs.bsnexus import streams, tasks
+from nexus_jobs.bsnexus import record, registration, streams, tasks
+from nexus_jobs.bsnexus import settings as worker_settings
+from nexus_jobs.bsnexus.executors import Executor, ExecutorOutcome, Request, ShouldAbort
+from nexus_jobs.bsnexus.heartbeat import Heartbeat
+from nexus_jobs.bsnexus.worker import Stop, Worker
 from tests.bsnexus_backend import prompt_json
 from tests.redis_server import RedisServer
 
@@ -75,3 +81,52 @@ def test_a_claimed_entry_deleted_from_the_stream_is_acknowledged_not_run(redis_s
     client.xdel("tasks:queue", message_id)
     assert _reader(client, "ours").next(block_ms=1) is None
     assert client.xpending("tasks:queue", "workers")["pending"] == 0
+
+
+def _settings(redis_url: str, state_dir: Path) -> worker_settings.Settings:
+    values: dict[str, Any] = {option.path: option.default for option in worker_settings.OPTIONS}
+    values.update(
+        server_url="http://127.0.0.1:9",
+        redis_url=redis_url,
+        executor_type="noop",
+        worker_id=str(uuid.uuid4()),
+        max_tasks=1,
+        poll_seconds=0.1,
+    )
+    return worker_settings.Settings(**values, env_file=state_dir / ".env", state_dir=state_dir)
+
+
+class _ClaimedMidTask(Executor):
+    """While the task runs, another worker claims its entry (this one was thought dead)."""
+
+    name = "noop"
+    consumer: Worker
+    heartbeat: Heartbeat
+
+    def execute(self, request: Request, *, should_abort: ShouldAbort) -> ExecutorOutcome:
+        delivery = self.consumer.in_flight
+        assert delivery is not None
+        self.consumer.client.xclaim("tasks:queue", "workers", "other", 0, [delivery.message_id])
+        self.heartbeat.keep_task_fresh()
+        return ExecutorOutcome(True, "done")
+
+
+def test_an_entry_claimed_by_another_worker_mid_task_gets_no_second_result(
+    redis_server: RedisServer, tmp_path: Path
+) -> None:
+    settings = _settings(redis_server.url, tmp_path)
+    client = streams.connect(settings.redis_url, poll_seconds=settings.poll_seconds)
+    message_id = str(client.xadd("tasks:queue", {"task_id": "t-1", "worker_prompt": prompt_json("x")}))
+    executor = _ClaimedMidTask(settings)
+    stop = Stop(grace_seconds=0)
+    tally = record.Tally(settings=settings, worker_id=settings.worker_id)
+    executor.consumer = Worker(settings=settings, executor=executor, client=client, stop=stop, tally=tally)
+    session = registration.make_session(settings)
+    executor.heartbeat = Heartbeat(
+        settings=settings, session=session, client=client, stop=stop, tally=tally, worker=executor.consumer
+    )
+    summary = executor.consumer.work()
+    assert summary.handled == 1 and summary.done == 0
+    assert client.xlen("tasks:results") == 0  # the other worker's result is the one the backend gets
+    assert _owner(client, message_id) == "other"
+    session.close()

@@ -56,7 +56,6 @@ class Heartbeat(threading.Thread):
         self.token = settings.worker_token
         self.halt = threading.Event()
         self.server_down_since: float | None = None
-        self.lost_entry = ""
         # Wake often enough to refresh a running task's entry well within the visibility timeout.
         self.tick_seconds = max(0.02, min(settings.heartbeat_interval_seconds, settings.visibility_timeout_seconds / 3))
 
@@ -186,8 +185,8 @@ class Heartbeat(threading.Thread):
         except Exception as error:  # Redis away: the main loop reports and reconnects
             log.debug("could not refresh message %s: %s", delivery.message_id, error)
             return
-        if not owned and self.lost_entry != delivery.message_id:
-            self.lost_entry = delivery.message_id
+        if not owned and self.worker.taken_over != delivery.message_id:
+            self.worker.taken_over = delivery.message_id
             log.warning(
                 "message %s was claimed by another worker while this one ran it (the backend had "
                 "forgotten this worker); its entry is left to that worker",

@@ -141,6 +141,7 @@ class Worker:
         self.block_ms = max(1, int(settings.poll_seconds * 1000))
         self.groups_ready = False
         self.in_flight: streams.Delivery | None = None  # read by the heartbeat thread
+        self.taken_over = ""  # set by the heartbeat thread: another worker claimed this entry
         self.summary = Summary()
 
     def work(self) -> Summary:
@@ -183,6 +184,12 @@ class Worker:
         self.in_flight = delivery
         try:
             result, poison_reason = self.execute(delivery)
+            if self.taken_over == delivery.message_id:
+                # The backend had forgotten this worker and another one claimed the entry: its
+                # result is the one the backend gets; a second would confuse its state machine.
+                log.warning("message %s belongs to another worker now: result not published", delivery.message_id)
+                self.summary.handled += 1
+                return
             published = self.report(delivery, result, poison_reason)
             if published:
                 self.acknowledge(delivery)
