@@ -79,6 +79,7 @@ class BackendDouble(HttpDouble):
         self.worker_ttl_seconds = 90.0
         self.token_ttl_seconds = 86400.0
         self.rate_limited = True
+        self.rate_per_second = RATE_PER_SECOND  # per client IP, as the real one; tests may slow it
         self.bucket = RATE_BURST
         self.bucket_at = time.monotonic()
 
@@ -132,7 +133,7 @@ class BackendDouble(HttpDouble):
 
     def _take_token(self) -> bool:
         now = time.monotonic()
-        self.bucket = min(RATE_BURST, self.bucket + (now - self.bucket_at) * RATE_PER_SECOND)
+        self.bucket = min(RATE_BURST, self.bucket + (now - self.bucket_at) * self.rate_per_second)
         self.bucket_at = now
         if self.bucket < 1:
             return False
