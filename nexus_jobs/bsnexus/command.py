@@ -174,6 +174,13 @@ def _run_locked(settings: Settings, executor: executors.Executor, *, json_output
         tally.save(stoppedAt=state.isoformat(state.now_utc()), stopReason=stop.reason or "ended", pid=None)
         client.close()
         session.close()
+    return _outcome(settings, stop, summary, seconds=time.monotonic() - started, json_output=json_output)
+
+
+def _outcome(
+    settings: Settings, stop: worker.Stop, summary: worker.Summary, *, seconds: float, json_output: bool
+) -> int:
+    """The exit code of a run that has ended, and its ``--json`` summary."""
     if json_output:
         cli.print_json(
             {
@@ -183,7 +190,7 @@ def _run_locked(settings: Settings, executor: executors.Executor, *, json_output
                 "tasksFailed": summary.failed,
                 "unpublished": summary.unpublished,
                 "stopReason": summary.stop_reason,
-                "durationSeconds": round(time.monotonic() - started, 3),
+                "durationSeconds": round(seconds, 3),
             }
         )
     if stop.exit_error is not None:
