@@ -1,7 +1,7 @@
-"""P5 (SPEC 9): BSNexus dispatch, no-op tasks per second through real Redis.
+"""P5: BSNexus dispatch, no-op tasks per second through real Redis.
 
-Worker: bsnexus-worker's own loop (``worker.work``: intake order with its own pending
-entries, XAUTOCLAIM and XREADGROUP over both task streams, parsing, the result fields,
+Worker: bsnexus-worker's own loop (``worker.Worker.work``: intake order with its own pending
+entries, the claim from dead consumers and XREADGROUP over both task streams, parsing, the result fields,
 XADD to ``tasks:results`` then XACK, counters) with an executor that does nothing, run
 in-process so the figure measures dispatch and not process start-up. Baseline: a bare
 redis-py loop of XREADGROUP (count 1) + XADD + XACK on one stream. Both drain the same
@@ -28,7 +28,7 @@ if str(ROOT) not in sys.path:
 
 from nexus_jobs.bsnexus import record, streams, worker  # noqa: E402
 from nexus_jobs.bsnexus import settings as worker_settings  # noqa: E402
-from nexus_jobs.bsnexus.executors import Executor, Outcome, Request, ShouldAbort  # noqa: E402
+from nexus_jobs.bsnexus.executors import Executor, ExecutorOutcome, Request, ShouldAbort  # noqa: E402
 from tests.redis_server import RedisServer  # noqa: E402
 
 TARGET_RATIO = 0.5
@@ -38,8 +38,8 @@ PROMPT = json.dumps({"prompt": "do nothing"})
 class NoopExecutor(Executor):
     name = "noop"
 
-    def execute(self, request: Request, *, should_abort: ShouldAbort) -> Outcome:
-        return Outcome(True, "ok")
+    def execute(self, request: Request, *, should_abort: ShouldAbort) -> ExecutorOutcome:
+        return ExecutorOutcome(True, "ok")
 
 
 def make_settings(redis_url: str, state_dir: Path, tasks: int) -> worker_settings.Settings:
@@ -75,14 +75,9 @@ def run_worker(redis_url: str, state_dir: Path, count: int) -> float:
     stop = worker.Stop(grace_seconds=0)
     tally = record.Tally(settings=settings, worker_id=settings.worker_id)
     started = time.perf_counter()
-    summary = worker.work(
-        settings=settings,
-        worker_id=settings.worker_id,
-        executor=NoopExecutor(settings),
-        client=client,
-        stop=stop,
-        tally=tally,
-    )
+    summary = worker.Worker(
+        settings=settings, executor=NoopExecutor(settings), client=client, stop=stop, tally=tally
+    ).work()
     elapsed = time.perf_counter() - started
     assert summary.done == count, summary
     assert client.xlen("tasks:results") == count

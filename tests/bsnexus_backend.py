@@ -1,199 +1,295 @@
-"""A local HTTP double of the BSNexus backend's worker API: register, heartbeat and
-deregister, with the real answers (200; 401 for a bad registration token or worker token;
-404 for an unknown worker; 422; 429 with Retry-After) and scriptable faults.
-Fixture: ``bsnexus_backend``. ``restart()``-style use: build one with a fixed ``port``.
+"""A local double of the BSNexus backend's worker API that behaves as the real one does
+(blas1n/BSNexus at the direct-Redis commit; see docs/bsnexus.md): register, heartbeat,
+deregister and the worker list, on the shared base :mod:`tests.http_double` (faults per route:
+``fail``/``reset``/``stall``).
+
+Liveness lives where the real backend keeps it, in the test's Redis: the hash ``worker:{id}``
+(TTL ``worker_ttl_seconds``, 90 s for real, renewed by heartbeats) and ``worker:token:{token}``
+(TTL ``token_ttl_seconds``, 24 h for real, never renewed). The PostgreSQL ``workers`` table is
+a dict (:attr:`BackendDouble.rows`); :meth:`BackendDouble.lose_database` empties it as a
+database reset does. The exact ``detail`` strings, the check order (401 before 422 before 403
+before 404), DELETE without auth answering 200, and the 429 of the per-client rate limit are
+the real ones. Fixture: ``bsnexus_backend`` (needs ``redis_server``).
 """
 
 from __future__ import annotations
 
 import json
-import threading
+import math
+import time
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from dataclasses import dataclass
 from typing import Any
 
 import pytest
 
+from tests.http_double import Answer, HttpDouble, Request, json_answer
+
 REGISTRATION_TOKEN = "glrt-" + "r3g1str4t10n" + uuid.uuid4().hex[:12]
+REGISTER = "POST /api/v1/workers/register"
+WORKERS = "/api/v1/workers"
+RATE_PER_SECOND = 30.0
+RATE_BURST = 60.0
+
+
+def heartbeat_route(worker_id: str) -> str:
+    return f"POST {WORKERS}/{worker_id}/heartbeat"
+
+
+def deregister_route(worker_id: str) -> str:
+    return f"DELETE {WORKERS}/{worker_id}"
 
 
 @dataclass
-class Request:
-    method: str
-    path: str
-    headers: dict[str, str]
-    body: Any
-    status: int
+class TokenRow:
+    """A row of ``registration_tokens``."""
+
+    revoked: bool = False
+    expired: bool = False
 
 
-@dataclass
-class Worker:
-    worker_id: str
-    token: str
-    name: str
-    heartbeats: int = 0
+def _missing(field: str, body: Any) -> dict[str, Any]:
+    return {"type": "missing", "loc": ["body", field], "msg": "Field required", "input": body}
 
 
-@dataclass
-class BackendState:
-    registration_tokens: set[str] = field(default_factory=lambda: {REGISTRATION_TOKEN})
-    workers: dict[str, Worker] = field(default_factory=dict)
-    # Scripted answers per route ("register", "heartbeat", "deregister"), consumed one per
-    # request: (status, body) or (status, body, headers).
-    faults: dict[str, list[tuple[Any, ...]]] = field(default_factory=dict)
-    received: list[Request] = field(default_factory=list)
-    heartbeat_interval: float = 30.0
-    lock: threading.Lock = field(default_factory=threading.Lock)
+def _uuid_error(value: str) -> dict[str, Any]:
+    return {
+        "type": "uuid_parsing",
+        "loc": ["path", "worker_id"],
+        "msg": "Input should be a valid UUID, invalid character: expected an optional prefix of `urn:uuid:` "
+        "followed by [0-9a-fA-F-], found `n` at 1",
+        "input": value,
+    }
 
-    def script(self, route: str, *answers: tuple[Any, ...]) -> None:
-        with self.lock:
-            self.faults.setdefault(route, []).extend(answers)
 
-    def requests_to(self, route: str) -> list[Request]:
-        with self.lock:
-            return [request for request in self.received if _route(request.method, request.path)[0] == route]
+def _canonical(worker_id: str) -> str | None:
+    try:
+        return str(uuid.UUID(worker_id))
+    except ValueError:
+        return None
+
+
+class BackendDouble(HttpDouble):
+    def __init__(self, redis_client: Any) -> None:
+        super().__init__()
+        self.redis = redis_client
+        self.registration_tokens: dict[str, TokenRow] = {REGISTRATION_TOKEN: TokenRow()}
+        self.rows: dict[str, dict[str, Any]] = {}  # the PostgreSQL workers table
+        self.worker_ttl_seconds = 90.0
+        self.token_ttl_seconds = 86400.0
+        self.rate_limited = True
+        self.rate_per_second = RATE_PER_SECOND  # per client IP, as the real one; tests may slow it
+        self.bucket = RATE_BURST
+        self.bucket_at = time.monotonic()
+
+    # --- what tests look at and change ---------------------------------------------------
+
+    def token_of(self, worker_id: str) -> str:
+        return str(self.redis.hget(f"worker:{worker_id}", "token") or "")
+
+    def alive(self, worker_id: str) -> bool:
+        return bool(self.redis.exists(f"worker:{worker_id}"))
 
     def heartbeats(self, worker_id: str) -> int:
+        """Heartbeats of ``worker_id`` the backend accepted."""
         with self.lock:
-            worker = self.workers.get(worker_id)
-            return worker.heartbeats if worker else 0
+            return sum(1 for r in self.requests if r.path == f"{WORKERS}/{worker_id}/heartbeat" and r.status == 200)
 
+    def requests_to(self, route: str) -> list[Request]:
+        """Requests whose ``METHOD path`` starts with ``route`` (``"DELETE /api/v1/workers/"``)."""
+        with self.lock:
+            return [r for r in self.requests if f"{r.method} {r.path}".startswith(route)]
 
-def _route(method: str, path: str) -> tuple[str, str]:
-    parts = path.rstrip("/").split("/")
-    if method == "POST" and path == "/api/v1/workers/register":
-        return "register", ""
-    if method == "POST" and len(parts) == 6 and parts[:4] == ["", "api", "v1", "workers"] and parts[5] == "heartbeat":
-        return "heartbeat", parts[4]
-    if method == "DELETE" and len(parts) == 5 and parts[:4] == ["", "api", "v1", "workers"]:
-        return "deregister", parts[4]
-    return "unknown", ""
+    def forget(self, worker_id: str) -> None:
+        """As 90 s without a heartbeat do: the hash expires, the token key stays."""
+        self.redis.delete(f"worker:{worker_id}")
 
+    def expire_token(self, worker_id: str) -> None:
+        """As 24 h do: the token key expires, the hash stays."""
+        self.redis.delete(f"worker:token:{self.token_of(worker_id)}")
 
-class _Handler(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
-    server: BackendServer
+    def lose_database(self) -> None:
+        """A PostgreSQL reset: re-registering a saved id now answers 404."""
+        with self.lock:
+            self.rows.clear()
 
-    def log_message(self, format: str, *args: Any) -> None:
-        pass
+    # --- the routes -----------------------------------------------------------------------
 
-    def do_POST(self) -> None:
-        self._handle()
+    def answer(self, request: Request) -> Answer:
+        if self.rate_limited and not self._take_token():
+            return json_answer(429, {"detail": "Too many requests. Please retry later."}, {"Retry-After": "1"})
+        parts = request.path.split("/")
+        if request.method == "POST" and request.path == f"{WORKERS}/register":
+            return self._register(request.body)
+        if request.method == "GET" and request.path == WORKERS:
+            return self._list()
+        under_workers = request.path.startswith(WORKERS + "/")
+        if under_workers and len(parts) == 6 and request.method == "POST" and parts[5] == "heartbeat":
+            return self._heartbeat(parts[4], request.headers)
+        if under_workers and len(parts) == 5 and request.method == "DELETE":
+            return self._deregister(parts[4])
+        return json_answer(404, {"detail": "Not Found"})
 
-    def do_DELETE(self) -> None:
-        self._handle()
+    def _take_token(self) -> bool:
+        now = time.monotonic()
+        self.bucket = min(RATE_BURST, self.bucket + (now - self.bucket_at) * self.rate_per_second)
+        self.bucket_at = now
+        if self.bucket < 1:
+            return False
+        self.bucket -= 1
+        return True
 
-    def _handle(self) -> None:
-        length = int(self.headers.get("Content-Length") or 0)
-        raw = self.rfile.read(length) if length else b""
+    def _register(self, raw: bytes) -> Answer:
+        if not raw:
+            return json_answer(
+                422, {"detail": [{"type": "missing", "loc": ["body"], "msg": "Field required", "input": None}]}
+            )
         try:
-            body = json.loads(raw) if raw else None
+            body = json.loads(raw)
         except ValueError:
-            body = None
-        backend = self.server.backend
-        route, worker_id = _route(self.command, self.path)
-        with backend.lock:
-            scripted = backend.faults.get(route, [])
-            answer = scripted.pop(0) if scripted else None
-            if answer is None:
-                answer = self._answer(route, worker_id, body)
-            backend.received.append(Request(self.command, self.path, dict(self.headers), body, answer[0]))
-        status, payload = answer[0], answer[1]
-        headers = answer[2] if len(answer) > 2 else {}
-        data = json.dumps(payload).encode()
-        self.send_response(status)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        for name, value in headers.items():
-            self.send_header(name, value)
-        self.end_headers()
-        self.wfile.write(data)
-
-    def _answer(self, route: str, worker_id: str, body: Any) -> tuple[Any, ...]:
-        backend = self.server.backend
-        if route == "register":
-            return self._register(body)
-        if route == "unknown":
-            return 404, {"detail": "Not Found"}
-        worker = backend.workers.get(worker_id)
-        if worker is None:
-            return 404, {"detail": "Worker not found"}
-        if self.headers.get("Authorization") != f"Bearer {worker.token}":
-            return 401, {"detail": "Invalid worker token"}
-        if route == "heartbeat":
-            worker.heartbeats += 1
-            return 200, {"status": "ok"}
-        del backend.workers[worker_id]
-        return 200, {"status": "deleted"}
-
-    def _register(self, body: Any) -> tuple[Any, ...]:
-        backend = self.server.backend
-        if not isinstance(body, dict) or not isinstance(body.get("name"), str) or "executor_type" not in body:
-            return 422, {"detail": [{"loc": ["body", "name"], "msg": "field required", "type": "missing"}]}
-        if body.get("registration_token") not in backend.registration_tokens:
-            return 401, {"detail": "Invalid or expired registration token"}
-        known = body.get("worker_id")
-        if known:
-            worker = backend.workers.get(known)
-            if worker is None:
-                return 404, {"detail": "Worker not found"}
-            worker.token = "wtok-" + uuid.uuid4().hex
+            error = {"type": "json_invalid", "loc": ["body", 0], "msg": "JSON decode error", "input": {}}
+            return json_answer(422, {"detail": [error]})
+        problems = self._invalid(body)
+        if problems:
+            return json_answer(422, {"detail": problems})
+        row = self.registration_tokens.get(body["registration_token"])
+        if row is None:
+            return json_answer(401, {"detail": "Invalid registration token"})
+        if row.revoked:
+            return json_answer(401, {"detail": "Registration token has been revoked"})
+        if row.expired:
+            return json_answer(401, {"detail": "Registration token has expired"})
+        worker_id = body.get("worker_id")
+        if worker_id:
+            if _canonical(worker_id) is None:  # uuid.UUID() raises and nothing handles it
+                return 500, b"Internal Server Error", {"Content-Type": "text/plain"}
+            if worker_id not in self.rows:
+                return json_answer(404, {"detail": "Worker not found for re-registration"})
+            self._deregister_keys(worker_id)
         else:
-            worker = Worker("w-" + uuid.uuid4().hex[:12], "wtok-" + uuid.uuid4().hex, body["name"])
-            backend.workers[worker.worker_id] = worker
-        return 200, {
-            "worker_id": worker.worker_id,
-            "token": worker.token,
-            "heartbeat_interval": backend.heartbeat_interval,
-            "streams": {"tasks_queue": "tasks:queue", "tasks_results": "tasks:results", "tasks_qa": "tasks:qa"},
-            "consumer_groups": {"workers": "workers", "reviewers": "reviewers"},
+            worker_id = str(uuid.uuid4())
+        name = body.get("name") or f"worker-{worker_id[:8]}"
+        token = uuid.uuid4().hex + uuid.uuid4().hex
+        capabilities = list(body["capabilities"]) if body.get("capabilities") else []
+        mapping = {
+            "id": worker_id,
+            "name": name,
+            "platform": body["platform"],
+            "capabilities": json.dumps(capabilities),
+            "executor_type": body.get("executor_type", "claude-code"),
+            "status": "idle",
+            "current_task_id": "",
+            "token": token,
         }
+        self.redis.hset(f"worker:{worker_id}", mapping=mapping)
+        self.redis.pexpire(f"worker:{worker_id}", self._ms(self.worker_ttl_seconds))
+        self.redis.set(f"worker:token:{token}", worker_id, px=self._ms(self.token_ttl_seconds))
+        self.rows[worker_id] = {"id": worker_id, "name": name, "platform": body["platform"], "heartbeats": 0}
+        return json_answer(
+            200,
+            {
+                "worker_id": worker_id,
+                "token": token,
+                "heartbeat_interval": 30,
+                "streams": {"tasks_queue": "tasks:queue", "tasks_results": "tasks:results", "tasks_qa": "tasks:qa"},
+                "consumer_groups": {"workers": "workers", "reviewers": "reviewers"},
+            },
+        )
 
+    @staticmethod
+    def _invalid(body: Any) -> list[dict[str, Any]]:
+        if not isinstance(body, dict):
+            return [
+                {
+                    "type": "model_attributes_type",
+                    "loc": ["body"],
+                    "msg": "Input should be a valid dictionary or object to extract fields from",
+                    "input": body,
+                }
+            ]
+        problems = [_missing(field, body) for field in ("platform", "registration_token") if field not in body]
+        for field in ("name", "platform", "executor_type", "registration_token", "worker_id", "worker_token"):
+            value = body.get(field)
+            if (
+                field in body
+                and not isinstance(value, str)
+                and not (value is None and field in ("name", "worker_id", "worker_token"))
+            ):
+                problems.append(
+                    {
+                        "type": "string_type",
+                        "loc": ["body", field],
+                        "msg": "Input should be a valid string",
+                        "input": value,
+                    }
+                )
+        capabilities = body.get("capabilities")
+        if capabilities is not None and not isinstance(capabilities, dict):
+            problems.append(
+                {
+                    "type": "dict_type",
+                    "loc": ["body", "capabilities"],
+                    "msg": "Input should be a valid dictionary",
+                    "input": capabilities,
+                }
+            )
+        return problems
 
-class BackendServer(ThreadingHTTPServer):
-    daemon_threads = True
+    def _heartbeat(self, path_id: str, headers: dict[str, str]) -> Answer:
+        auth = headers.get("Authorization", "")
+        if not auth.startswith("Bearer "):
+            return json_answer(401, {"detail": "Missing or invalid token"})
+        owner = self.redis.get(f"worker:token:{auth.split(' ', 1)[1]}")
+        if not owner:
+            return json_answer(401, {"detail": "Invalid token"})
+        worker_id = _canonical(path_id)
+        if worker_id is None:
+            return json_answer(422, {"detail": [_uuid_error(path_id)]})
+        if worker_id != owner:
+            return json_answer(403, {"detail": "Token does not match worker"})
+        key = f"worker:{worker_id}"
+        if not self.redis.exists(key):
+            return json_answer(404, {"detail": "Worker not found or expired"})
+        self.redis.pexpire(key, self._ms(self.worker_ttl_seconds))
+        if self.redis.set(f"worker:db_heartbeat:{worker_id}", "1", nx=True, ex=60) and worker_id in self.rows:
+            self.rows[worker_id]["heartbeats"] += 1
+        return json_answer(200, {"status": self.redis.hget(key, "status") or "idle", "pending_tasks": 0})
 
-    def __init__(self, backend: BackendState, port: int = 0) -> None:
-        self.allow_reuse_address = True
-        super().__init__(("127.0.0.1", port), _Handler)
-        self.backend = backend
-        self.thread = threading.Thread(target=self.serve_forever, daemon=True)
+    def _deregister(self, path_id: str) -> Answer:
+        worker_id = _canonical(path_id)
+        if worker_id is None:
+            return json_answer(422, {"detail": [_uuid_error(path_id)]})
+        self._deregister_keys(worker_id)
+        return json_answer(200, {"detail": "Worker deregistered", "worker_id": worker_id})
 
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.server_address[1]}"
+    def _deregister_keys(self, worker_id: str) -> None:
+        # As the real registry: the old token is found through the hash; once the hash has
+        # expired, the old token stays valid until its own TTL.
+        token = self.redis.hget(f"worker:{worker_id}", "token")
+        self.redis.delete(f"worker:{worker_id}")
+        if token:
+            self.redis.delete(f"worker:token:{token}")
 
-    def start(self) -> BackendServer:
-        self.thread.start()
-        return self
+    def _list(self) -> Answer:
+        listed = []
+        for worker_id, row in self.rows.items():
+            status = self.redis.hget(f"worker:{worker_id}", "status")
+            listed.append({"id": worker_id, "name": row["name"], "status": status or "offline"})
+        return json_answer(200, listed)
 
-    def stop(self) -> None:
-        self.shutdown()
-        self.server_close()
-
-
-@dataclass
-class Backend:
-    """The fixture's handle: the state, its server, and its URL."""
-
-    state: BackendState
-    server: BackendServer
-
-    @property
-    def url(self) -> str:
-        return self.server.url
+    @staticmethod
+    def _ms(seconds: float) -> int:
+        return max(1, math.ceil(seconds * 1000))
 
 
 @pytest.fixture
-def bsnexus_backend() -> Iterator[Backend]:
-    backend_state = BackendState()
-    server = BackendServer(backend_state).start()
+def bsnexus_backend(redis_server: Any) -> Iterator[BackendDouble]:
+    backend = BackendDouble(redis_server.client())
     try:
-        yield Backend(backend_state, server)
+        yield backend
     finally:
-        server.stop()
+        backend.stop()
 
 
 # --- Driving bsnexus-worker as an operator does -------------------------------------------

@@ -7,20 +7,22 @@ import json
 import stat
 import time
 
-from tests.bsnexus_backend import REGISTRATION_TOKEN, Backend, WorkerSetup
+from dotenv import dotenv_values
+
+from tests.bsnexus_backend import REGISTER, REGISTRATION_TOKEN, BackendDouble, TokenRow, WorkerSetup
 from tests.conftest import assert_clean_failure, free_port
 
 REDIS_URL = "redis://127.0.0.1:1"  # never contacted by register
 
 
 def test_register_saves_credentials_privately_and_reregister_keeps_identity(
-    worker_setup: WorkerSetup, bsnexus_backend: Backend
+    worker_setup: WorkerSetup, bsnexus_backend: BackendDouble
 ) -> None:
     first = worker_setup.register(bsnexus_backend.url, REDIS_URL, "--name", "build-box", "--executor", "command")
     saved = worker_setup.saved()
     worker_id, token = saved["BSNEXUS_WORKER_ID"], saved["BSNEXUS_WORKER_TOKEN"]
-    assert worker_id in bsnexus_backend.state.workers
-    assert token == bsnexus_backend.state.workers[worker_id].token
+    assert worker_id in bsnexus_backend.rows
+    assert token == bsnexus_backend.token_of(worker_id)
     assert saved["BSNEXUS_SERVER_URL"] == bsnexus_backend.url
     assert saved["BSNEXUS_REDIS_URL"] == REDIS_URL
     assert saved["BSNEXUS_EXECUTOR_TYPE"] == "command"
@@ -28,13 +30,16 @@ def test_register_saves_credentials_privately_and_reregister_keeps_identity(
     assert saved["BSNEXUS_TASKS_QUEUE"] == "tasks:queue" and saved["BSNEXUS_REVIEWERS_GROUP"] == "reviewers"
     assert stat.S_IMODE(worker_setup.env_file.stat().st_mode) == 0o600
     assert worker_id in first.stdout and token not in first.stdout + first.stderr
-    sent = bsnexus_backend.state.requests_to("register")[0].body
+    sent = bsnexus_backend.requests_to(REGISTER)[0].json()
     assert sent["name"] == "build-box" and sent["executor_type"] == "command" and sent["platform"]
     assert sent["capabilities"]["native"] is True and sent["registration_token"] == REGISTRATION_TOKEN
     assert "worker_id" not in sent
 
-    # An unrelated line the operator keeps in the same file survives.
-    worker_setup.env_file.write_text(worker_setup.env_file.read_text() + "OTHER_SETTING=kept\n")
+    assert saved["BSNEXUS_REGISTRATION_TOKEN"] == REGISTRATION_TOKEN  # for `run` to re-register with
+    # Lines the operator keeps in the same file survive, an interval of theirs too.
+    worker_setup.env_file.write_text(
+        worker_setup.env_file.read_text() + "OTHER_SETTING=kept\nBSNEXUS_HEARTBEAT_INTERVAL=12\n"
+    )
     again = worker_setup.register(bsnexus_backend.url, REDIS_URL, "--name", "build-box", "--json")
     summary = json.loads(again.stdout)
     assert summary == {
@@ -43,20 +48,40 @@ def test_register_saves_credentials_privately_and_reregister_keeps_identity(
         "serverUrl": bsnexus_backend.url,
         "envFile": str(worker_setup.env_file),
     }
-    resent = bsnexus_backend.state.requests_to("register")[1].body
+    resent = bsnexus_backend.requests_to(REGISTER)[1].json()
     assert resent["worker_id"] == worker_id and resent["worker_token"] == token
     saved = worker_setup.saved()
     assert saved["BSNEXUS_WORKER_ID"] == worker_id
-    assert saved["BSNEXUS_WORKER_TOKEN"] == bsnexus_backend.state.workers[worker_id].token != token
-    assert saved["OTHER_SETTING"] == "kept"
+    assert saved["BSNEXUS_WORKER_TOKEN"] == bsnexus_backend.token_of(worker_id) != token
+    assert saved["OTHER_SETTING"] == "kept" and saved["BSNEXUS_HEARTBEAT_INTERVAL"] == "12"
     keys = [line.split("=", 1)[0] for line in worker_setup.env_file.read_text().splitlines() if line.strip()]
     assert len(keys) == len(set(keys)), keys
     assert stat.S_IMODE(worker_setup.env_file.stat().st_mode) == 0o600
-    assert len(bsnexus_backend.state.workers) == 1
+    assert len(bsnexus_backend.rows) == 1
+
+
+def test_registration_token_elsewhere_is_not_saved_and_a_url_password_is_never_shown(
+    worker_setup: WorkerSetup, bsnexus_backend: BackendDouble
+) -> None:
+    worker_setup.register(bsnexus_backend.url, REDIS_URL)
+    assert "BSNEXUS_REGISTRATION_TOKEN" in worker_setup.saved()
+    worker_setup.register(bsnexus_backend.url, REDIS_URL, "--registration-token-elsewhere")
+    assert "BSNEXUS_REGISTRATION_TOKEN" not in worker_setup.saved()  # removed, not only left unwritten
+    assert "BSNEXUS_WORKER_ID" in worker_setup.saved()
+
+    secret_url = bsnexus_backend.url.replace("http://", "http://admin:S3cr3t-pa55@")
+    for extra in ((), ("--json",), ("-v", "--debug")):
+        shown = worker_setup.register(secret_url, REDIS_URL, *extra)
+        assert "S3cr3t-pa55" not in shown.stdout + shown.stderr
+    down = secret_url.replace(str(bsnexus_backend.url.rsplit(":", 1)[1]), str(free_port()))
+    refused = worker_setup.cli("register", "--url", down, "--token", REGISTRATION_TOKEN, "--json", "--debug")
+    assert_clean_failure(refused, 69)
+    assert "S3cr3t-pa55" not in refused.stdout + refused.stderr
+    assert "admin:***@" in refused.stderr
 
 
 def test_register_token_from_environment_and_default_env_file(
-    worker_setup: WorkerSetup, bsnexus_backend: Backend
+    worker_setup: WorkerSetup, bsnexus_backend: BackendDouble
 ) -> None:
     from tests.conftest import run_cli
 
@@ -66,22 +91,24 @@ def test_register_token_from_environment_and_default_env_file(
     default_file = worker_setup.env_file.parent / "home" / ".config" / "nexus-jobs" / ".env"
     assert default_file.exists() and "BSNEXUS_WORKER_ID=" in default_file.read_text()
     assert stat.S_IMODE(default_file.stat().st_mode) == 0o600
-    assert REGISTRATION_TOKEN not in default_file.read_text()  # the registration token is not kept
+    # Register once, run anytime: the registration token is kept for re-registering.
+    assert dotenv_values(default_file)["BSNEXUS_REGISTRATION_TOKEN"] == REGISTRATION_TOKEN
     status = run_cli("bsnexus-worker", "status", "--json", env=env)
     # Redis (default localhost:6379 is not ours) may be unreachable; the identity is still shown.
-    assert json.loads(status.stdout)["workerId"] in bsnexus_backend.state.workers
+    assert json.loads(status.stdout)["workerId"] in bsnexus_backend.rows
 
 
-def test_register_refusals_are_one_clear_line(worker_setup: WorkerSetup, bsnexus_backend: Backend) -> None:
-    state = bsnexus_backend.state
-    state.script("register", (401, {"detail": "Registration token revoked"}))
+def test_register_refusals_are_one_clear_line(worker_setup: WorkerSetup, bsnexus_backend: BackendDouble) -> None:
     refused = worker_setup.cli("register", "--url", bsnexus_backend.url, "--token", "glrt-wrong1234")
     assert_clean_failure(refused, 77)
-    assert "revoked or expired" in refused.stderr and "glrt-wrong1234" not in refused.stderr
+    assert "Invalid registration token" in refused.stderr and "glrt-wrong1234" not in refused.stderr
+    bsnexus_backend.registration_tokens["glrt-revoked99"] = TokenRow(revoked=True)
+    revoked = worker_setup.cli("register", "--url", bsnexus_backend.url, "--token", "glrt-revoked99")
+    assert_clean_failure(revoked, 77)
+    assert "Registration token has been revoked" in revoked.stderr and "glrt-revoked99" not in revoked.stderr
 
-    state.script(
-        "register", (422, {"detail": [{"loc": ["body", "name"], "msg": "String too long", "type": "string_too_long"}]})
-    )
+    too_long = {"detail": [{"loc": ["body", "name"], "msg": "String too long", "type": "string_too_long"}]}
+    bsnexus_backend.fail(REGISTER, 422, json.dumps(too_long).encode())
     invalid = worker_setup.cli("register", "--url", bsnexus_backend.url, "--token", REGISTRATION_TOKEN)
     assert_clean_failure(invalid, 78)
     assert "HTTP 422" in invalid.stderr and "name: String too long" in invalid.stderr
@@ -90,7 +117,8 @@ def test_register_refusals_are_one_clear_line(worker_setup: WorkerSetup, bsnexus
     assert_clean_failure(wrong_url, 78)
     assert "404" in wrong_url.stderr and "--url" in wrong_url.stderr
 
-    state.script("register", (429, {"detail": "slow down"}, {"Retry-After": "1"}))
+    slow_down = json.dumps({"detail": "Too many requests. Please retry later."}).encode()
+    bsnexus_backend.fail(REGISTER, 429, slow_down, headers={"Retry-After": "1"})
     started = time.monotonic()
     waited = worker_setup.cli(
         "register", "--url", bsnexus_backend.url, "--token", REGISTRATION_TOKEN, BSNEXUS_HTTP_RETRIES="2"
@@ -98,11 +126,8 @@ def test_register_refusals_are_one_clear_line(worker_setup: WorkerSetup, bsnexus
     assert waited.returncode == 0, waited.stderr
     assert time.monotonic() - started >= 0.9  # Retry-After was honoured
 
-    state.script(
-        "register",
-        (429, {"detail": "slow down"}, {"Retry-After": "1"}),
-        (429, {"detail": "slow down"}, {"Retry-After": "7"}),
-    )
+    bsnexus_backend.fail(REGISTER, 429, slow_down, headers={"Retry-After": "1"})
+    bsnexus_backend.fail(REGISTER, 429, slow_down, headers={"Retry-After": "7"})
     limited = worker_setup.cli(
         "register", "--url", bsnexus_backend.url, "--token", REGISTRATION_TOKEN, BSNEXUS_HTTP_RETRIES="1"
     )
@@ -114,26 +139,33 @@ def test_register_refusals_are_one_clear_line(worker_setup: WorkerSetup, bsnexus
     assert "connection refused" in nobody.stderr
 
 
-def test_reregister_of_a_forgotten_worker_registers_anew(worker_setup: WorkerSetup, bsnexus_backend: Backend) -> None:
+def test_reregister_after_expiry_keeps_the_id_and_after_a_database_loss_registers_anew(
+    worker_setup: WorkerSetup, bsnexus_backend: BackendDouble
+) -> None:
     worker_setup.register(bsnexus_backend.url, REDIS_URL)
     old_id = worker_setup.saved()["BSNEXUS_WORKER_ID"]
-    bsnexus_backend.state.workers.clear()  # the server lost it
+    bsnexus_backend.forget(old_id)  # 90 s without a heartbeat: only the Redis entry goes
+    worker_setup.register(bsnexus_backend.url, REDIS_URL)
+    assert worker_setup.saved()["BSNEXUS_WORKER_ID"] == old_id and bsnexus_backend.alive(old_id)
+    bsnexus_backend.lose_database()  # the server lost it for good
     again = worker_setup.register(bsnexus_backend.url, REDIS_URL, "-v")
     new_id = worker_setup.saved()["BSNEXUS_WORKER_ID"]
-    assert new_id != old_id and new_id in bsnexus_backend.state.workers
+    assert new_id != old_id and new_id in bsnexus_backend.rows
     assert "does not know worker" in again.stderr
 
 
-def test_unregister_deletes_on_server_and_forgets_identity(worker_setup: WorkerSetup, bsnexus_backend: Backend) -> None:
+def test_unregister_deletes_on_server_and_forgets_identity(
+    worker_setup: WorkerSetup, bsnexus_backend: BackendDouble
+) -> None:
     worker_setup.register(bsnexus_backend.url, REDIS_URL)
     worker_id = worker_setup.saved()["BSNEXUS_WORKER_ID"]
     token = worker_setup.saved()["BSNEXUS_WORKER_TOKEN"]
     result = worker_setup.cli("unregister", "--json")
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout)["unregistered"] is True and token not in result.stdout
-    assert worker_id not in bsnexus_backend.state.workers
-    delete = bsnexus_backend.state.requests_to("deregister")[0]
-    assert delete.path == f"/api/v1/workers/{worker_id}" and delete.headers["Authorization"] == f"Bearer {token}"
+    assert not bsnexus_backend.alive(worker_id) and worker_id in bsnexus_backend.rows  # listed as offline
+    delete = bsnexus_backend.requests_to("DELETE /api/v1/workers/")[0]
+    assert delete.path == f"/api/v1/workers/{worker_id}" and "Authorization" not in delete.headers
     saved = worker_setup.saved()
     assert "BSNEXUS_WORKER_ID" not in saved and "BSNEXUS_WORKER_TOKEN" not in saved
     assert saved["BSNEXUS_SERVER_URL"] == bsnexus_backend.url
@@ -141,7 +173,7 @@ def test_unregister_deletes_on_server_and_forgets_identity(worker_setup: WorkerS
     assert_clean_failure(worker_setup.cli("run"), 78)
 
 
-def test_unregister_with_server_down_needs_force(worker_setup: WorkerSetup, bsnexus_backend: Backend) -> None:
+def test_unregister_with_server_down_needs_force(worker_setup: WorkerSetup, bsnexus_backend: BackendDouble) -> None:
     worker_setup.register(bsnexus_backend.url, REDIS_URL)
     down = f"http://127.0.0.1:{free_port()}"
     refused = worker_setup.cli("unregister", BSNEXUS_SERVER_URL=down)
@@ -153,7 +185,7 @@ def test_unregister_with_server_down_needs_force(worker_setup: WorkerSetup, bsne
     assert "BSNEXUS_WORKER_ID" not in worker_setup.saved()
 
 
-def test_bad_command_line_input(worker_setup: WorkerSetup, bsnexus_backend: Backend) -> None:
+def test_bad_command_line_input(worker_setup: WorkerSetup, bsnexus_backend: BackendDouble) -> None:
     from tests.conftest import run_cli
 
     assert_clean_failure(run_cli("bsnexus-worker", env=worker_setup.env), 2)

@@ -12,8 +12,9 @@ import time
 from pathlib import Path
 
 from tests.bsnexus_backend import (
+    REGISTER,
     REGISTRATION_TOKEN,
-    Backend,
+    BackendDouble,
     WorkerSetup,
     add_task,
     finish,
@@ -41,7 +42,7 @@ def _git(repo: Path, *args: str) -> str:
 
 
 def test_round_trip_execution_and_qa(
-    worker_setup: WorkerSetup, bsnexus_backend: Backend, redis_server: RedisServer, tmp_path: Path
+    worker_setup: WorkerSetup, bsnexus_backend: BackendDouble, redis_server: RedisServer, tmp_path: Path
 ) -> None:
     worker_setup.register(bsnexus_backend.url, redis_server.url)
     worker_id = worker_setup.saved()["BSNEXUS_WORKER_ID"]
@@ -101,7 +102,9 @@ def test_round_trip_execution_and_qa(
     assert any("Start with PASS or FAIL" in call["prompt"] for call in calls)
     for stream, group in (("tasks:queue", "workers"), ("tasks:qa", "reviewers")):
         assert client.xpending(stream, group)["pending"] == 0
-    assert bsnexus_backend.state.heartbeats(worker_id) >= 1
+    assert bsnexus_backend.heartbeats(worker_id) >= 1
+    assert bsnexus_backend.requests_to(f"DELETE /api/v1/workers/{worker_id}")  # deregistered at the stop
+    assert not bsnexus_backend.alive(worker_id)
 
     status = worker_setup.cli("status", "--json")
     assert status.returncode == 0, status.stderr
@@ -115,7 +118,7 @@ def test_round_trip_execution_and_qa(
 
 
 def test_bad_tasks_become_failure_results(
-    worker_setup: WorkerSetup, bsnexus_backend: Backend, redis_server: RedisServer, tmp_path: Path
+    worker_setup: WorkerSetup, bsnexus_backend: BackendDouble, redis_server: RedisServer, tmp_path: Path
 ) -> None:
     worker_setup.register(bsnexus_backend.url, redis_server.url)
     client = redis_server.client()
@@ -155,12 +158,15 @@ def test_bad_tasks_become_failure_results(
     qa = next(fields for fields in published if fields["type"] == "qa")
     assert qa["passed"] == "false" and "qa_prompt" in qa["error_message"]
     ok = next(fields for fields in published if fields["task_id"] == "ok-1")
-    assert ok["success"] == "true" and len(ok["commit_hash"]) == 40
+    # No branch_name: as the original, nothing is committed and the work tree is left as it is.
+    assert ok["success"] == "true" and ok["commit_hash"] == "" and ok["branch_name"] == ""
+    assert _git(Path(repo), "log", "--format=%s") == "chore: initialize repository"
+    assert _git(Path(repo), "status", "--porcelain").startswith("?? work-")
     assert len(result.stderr.strip().splitlines()) >= len(bad)  # each failure is said once, on one line
 
 
 def test_missing_claude_binary_and_command_executor(
-    worker_setup: WorkerSetup, bsnexus_backend: Backend, redis_server: RedisServer, tmp_path: Path
+    worker_setup: WorkerSetup, bsnexus_backend: BackendDouble, redis_server: RedisServer, tmp_path: Path
 ) -> None:
     worker_setup.register(bsnexus_backend.url, redis_server.url)
     client = redis_server.client()
@@ -196,7 +202,7 @@ def test_missing_claude_binary_and_command_executor(
 
 
 def test_timeout_kills_the_process_group(
-    worker_setup: WorkerSetup, bsnexus_backend: Backend, redis_server: RedisServer, tmp_path: Path
+    worker_setup: WorkerSetup, bsnexus_backend: BackendDouble, redis_server: RedisServer, tmp_path: Path
 ) -> None:
     worker_setup.register(bsnexus_backend.url, redis_server.url)
     client = redis_server.client()
@@ -221,7 +227,7 @@ def _gone(pid: int) -> bool:
 
 
 def test_sigterm_lets_the_task_finish_within_grace_then_kills(
-    worker_setup: WorkerSetup, bsnexus_backend: Backend, redis_server: RedisServer, tmp_path: Path
+    worker_setup: WorkerSetup, bsnexus_backend: BackendDouble, redis_server: RedisServer, tmp_path: Path
 ) -> None:
     worker_setup.register(bsnexus_backend.url, redis_server.url)
     client = redis_server.client()
@@ -251,7 +257,7 @@ def test_sigterm_lets_the_task_finish_within_grace_then_kills(
 
 
 def test_duration_stops_intake_and_second_run_exits_75(
-    worker_setup: WorkerSetup, bsnexus_backend: Backend, redis_server: RedisServer
+    worker_setup: WorkerSetup, bsnexus_backend: BackendDouble, redis_server: RedisServer
 ) -> None:
     worker_setup.register(bsnexus_backend.url, redis_server.url)
     started = time.monotonic()
@@ -269,7 +275,7 @@ def test_duration_stops_intake_and_second_run_exits_75(
 
 
 def test_tokens_never_reach_logs_results_or_process_arguments(
-    worker_setup: WorkerSetup, bsnexus_backend: Backend, redis_server: RedisServer, tmp_path: Path
+    worker_setup: WorkerSetup, bsnexus_backend: BackendDouble, redis_server: RedisServer, tmp_path: Path
 ) -> None:
     worker_setup.register(bsnexus_backend.url, redis_server.url)
     token = worker_setup.saved()["BSNEXUS_WORKER_TOKEN"]
@@ -302,7 +308,7 @@ def test_tokens_never_reach_logs_results_or_process_arguments(
 
 
 def test_long_task_keeps_its_entry_and_heartbeats_go_on(
-    worker_setup: WorkerSetup, bsnexus_backend: Backend, redis_server: RedisServer, tmp_path: Path
+    worker_setup: WorkerSetup, bsnexus_backend: BackendDouble, redis_server: RedisServer, tmp_path: Path
 ) -> None:
     import dataclasses
 
@@ -315,10 +321,10 @@ def test_long_task_keeps_its_entry_and_heartbeats_go_on(
     busy = worker_setup.start(**fast)
     add_task(client, task_id="long", repo_path=str(tmp_path / "repo"), worker_prompt=prompt_json("@sleep=2.5"))
     wait_until(lambda: worker_setup.claude_calls(), what="the long task to start")
-    beats_at_start = bsnexus_backend.state.heartbeats(worker_id)
+    beats_at_start = bsnexus_backend.heartbeats(worker_id)
     idle = other.start(**fast)  # would claim the entry if it went idle for 0.4 s
     wait_until(lambda: results(client), deadline_seconds=20, what="the long task's result")
-    assert bsnexus_backend.state.heartbeats(worker_id) >= beats_at_start + 5  # every 0.2 s during the task
+    assert bsnexus_backend.heartbeats(worker_id) >= beats_at_start + 5  # every 0.2 s during the task
     for worker in (busy, idle):
         worker.send_signal(signal.SIGTERM)
         code, _out, err = finish(worker)
@@ -329,7 +335,7 @@ def test_long_task_keeps_its_entry_and_heartbeats_go_on(
 
 
 def test_second_signal_kills_the_task_at_once(
-    worker_setup: WorkerSetup, bsnexus_backend: Backend, redis_server: RedisServer, tmp_path: Path
+    worker_setup: WorkerSetup, bsnexus_backend: BackendDouble, redis_server: RedisServer, tmp_path: Path
 ) -> None:
     worker_setup.register(bsnexus_backend.url, redis_server.url)
     client = redis_server.client()
@@ -349,7 +355,7 @@ def test_second_signal_kills_the_task_at_once(
 
 
 def test_revert_message_reverts_the_commit(
-    worker_setup: WorkerSetup, bsnexus_backend: Backend, redis_server: RedisServer, tmp_path: Path
+    worker_setup: WorkerSetup, bsnexus_backend: BackendDouble, redis_server: RedisServer, tmp_path: Path
 ) -> None:
     worker_setup.register(bsnexus_backend.url, redis_server.url)
     client = redis_server.client()
@@ -371,7 +377,7 @@ def test_revert_message_reverts_the_commit(
 
 
 def test_executors_plug_in_through_the_entry_point_group(
-    worker_setup: WorkerSetup, bsnexus_backend: Backend, redis_server: RedisServer, tmp_path: Path
+    worker_setup: WorkerSetup, bsnexus_backend: BackendDouble, redis_server: RedisServer, tmp_path: Path
 ) -> None:
     plugins = tmp_path / "plugins"
     (plugins / "shout_executor-1.0.dist-info").mkdir(parents=True)
@@ -382,11 +388,11 @@ def test_executors_plug_in_through_the_entry_point_group(
         "[nexus_jobs.bsnexus_executors]\nshout = shout_executor:ShoutExecutor\n"
     )
     (plugins / "shout_executor.py").write_text(
-        "from nexus_jobs.bsnexus.executors import Executor, Outcome\n"
+        "from nexus_jobs.bsnexus.executors import Executor, ExecutorOutcome\n"
         "class ShoutExecutor(Executor):\n"
         "    name = 'shout'\n"
         "    def execute(self, request, *, should_abort):\n"
-        "        return Outcome(True, request.prompt.upper())\n"
+        "        return ExecutorOutcome(True, request.prompt.upper())\n"
     )
     worker_setup.register(bsnexus_backend.url, redis_server.url, "--executor", "shout", PYTHONPATH=str(plugins))
     client = redis_server.client()
@@ -395,14 +401,14 @@ def test_executors_plug_in_through_the_entry_point_group(
     assert result.returncode == 0, result.stderr
     (published,) = results(client)
     assert published["success"] == "true" and published["output"] == "QUIET WORDS"
-    assert bsnexus_backend.state.requests_to("register")[0].body["executor_type"] == "shout"
+    assert bsnexus_backend.requests_to(REGISTER)[0].json()["executor_type"] == "shout"
     missing = worker_setup.cli("run", "--max-tasks", "1")  # the plug-in is not installed here
     assert_clean_failure(missing, 78)
     assert "unknown executor 'shout'" in missing.stderr
 
 
 def test_duration_expiry_mid_task_kills_it_after_the_grace_period(
-    worker_setup: WorkerSetup, bsnexus_backend: Backend, redis_server: RedisServer, tmp_path: Path
+    worker_setup: WorkerSetup, bsnexus_backend: BackendDouble, redis_server: RedisServer, tmp_path: Path
 ) -> None:
     worker_setup.register(bsnexus_backend.url, redis_server.url)
     client = redis_server.client()
@@ -417,7 +423,7 @@ def test_duration_expiry_mid_task_kills_it_after_the_grace_period(
 
 
 def test_corrupt_state_file_is_moved_aside(
-    worker_setup: WorkerSetup, bsnexus_backend: Backend, redis_server: RedisServer, tmp_path: Path
+    worker_setup: WorkerSetup, bsnexus_backend: BackendDouble, redis_server: RedisServer, tmp_path: Path
 ) -> None:
     worker_setup.register(bsnexus_backend.url, redis_server.url)
     worker_id = worker_setup.saved()["BSNEXUS_WORKER_ID"]

@@ -1,9 +1,10 @@
 """The ``bsnexus-worker`` console script: ``register``, ``run``, ``status``, ``unregister``.
 
-Exit codes (SPEC 3.4): 0 done; 2 bad flags or no registration token; 69 server or Redis
-unreachable; 75 another ``run`` of this identity is running, or a result could not be
-published before stopping; 77 the server refused the token or the worker; 78 bad settings or
-no saved identity.
+Exit codes (docs/bsnexus.md): 0 done; 2 bad flags or no registration token; 69 server or Redis
+unreachable; 75 another ``run`` of this identity is running, a result could not be published
+before stopping, or the server had lost the worker and a new identity was saved; 77 the
+server refused a token and the worker cannot re-register; 78 bad settings or no saved
+identity.
 """
 
 from __future__ import annotations
@@ -12,7 +13,6 @@ import argparse
 import dataclasses
 import logging
 import os
-import signal
 import sys
 import time
 from collections.abc import Sequence
@@ -23,6 +23,7 @@ from ..core import config, state
 from ..core.errors import AuthError, BackendUnavailable, ConfigError, LockHeld, TransientError, UsageError
 from ..core.exits import Exit
 from ..core.secrets import redact
+from ..core.stopping import StopSignals
 from . import executors, record, registration, streams, worker
 from . import settings as worker_settings
 from .heartbeat import Heartbeat
@@ -98,7 +99,9 @@ def register_command(args: argparse.Namespace) -> int:
     saved_server = loaded.env.get("BSNEXUS_SERVER_URL", "").rstrip("/")
     if settings.worker_id and saved_server and saved_server != settings.server_url:
         log.info(
-            "the saved identity belongs to %s; registering with %s as a new worker", saved_server, settings.server_url
+            "the saved identity belongs to %s; registering with %s as a new worker",
+            safe_url(saved_server),
+            safe_url(settings.server_url),
         )
         settings = dataclasses.replace(settings, worker_id="", worker_token="")
     session = registration.make_session(settings)
@@ -112,14 +115,14 @@ def register_command(args: argparse.Namespace) -> int:
             {
                 "workerId": answer.worker_id,
                 "reusedIdentity": answer.reused,
-                "serverUrl": settings.server_url,
+                "serverUrl": safe_url(settings.server_url),
                 "envFile": str(settings.env_file),
             }
         )
     else:
         verb = "re-registered" if answer.reused else "registered"
-        print(f"{verb} worker {answer.worker_id}; credentials saved to {settings.env_file}")
-        print(f"start it with: {PROG} run" + (f" --env-file {settings.env_file}" if args.env_file else ""))
+        cli.print_line(f"{verb} worker {answer.worker_id}; credentials saved to {settings.env_file}")
+        cli.print_line(f"start it with: {PROG} run" + (f" --env-file {settings.env_file}" if args.env_file else ""))
     return Exit.OK
 
 
@@ -138,40 +141,46 @@ def run_command(args: argparse.Namespace) -> int:
 def _run_locked(settings: Settings, executor: executors.Executor, *, json_output: bool) -> int:
     for warning in executor.warnings():
         log.warning("%s", warning)
-    stop = worker.Stop(grace_seconds=settings.grace_seconds, duration_seconds=settings.duration_seconds)
-    previous = {number: signal.signal(number, stop.on_signal) for number in (signal.SIGTERM, signal.SIGINT)}
+    signals = StopSignals().install()
+    stop = worker.Stop(
+        grace_seconds=settings.grace_seconds, duration_seconds=settings.duration_seconds, signals=signals
+    )
+    children = getattr(executor, "record", None)  # None for a plug-in not built on Executor
+    killed = children.kill_leftovers() if children is not None else 0  # before anything runs: never twice at once
+    if killed:
+        log.warning("killed %d process(es) a previous run of worker %s left running", killed, settings.worker_id)
     client = streams.connect(settings.redis_url, poll_seconds=settings.poll_seconds)
     session = registration.make_session(settings)
     tally = record.Tally(settings=settings, worker_id=settings.worker_id)
     tally.save(pid=os.getpid(), stoppedAt=None, stopReason=None)
-    in_flight = worker.InFlight()
-    beat = Heartbeat(settings=settings, session=session, client=client, stop=stop, tally=tally, in_flight=in_flight)
+    consumer = worker.Worker(settings=settings, executor=executor, client=client, stop=stop, tally=tally)
+    beat = Heartbeat(settings=settings, session=session, client=client, stop=stop, tally=tally, worker=consumer)
     started = time.monotonic()
     log.info(
         "worker %s taking tasks from %s (executor %s, server %s)",
         settings.worker_id,
         safe_url(settings.redis_url),
         executor.name,
-        settings.server_url,
+        safe_url(settings.server_url),
     )
-    beat.start()
     try:
-        summary = worker.work(
-            settings=settings,
-            worker_id=settings.worker_id,
-            executor=executor,
-            client=client,
-            stop=stop,
-            tally=tally,
-            in_flight=in_flight,
-        )
+        beat.register_if_forgotten()
+        beat.start()
+        summary = consumer.work()
     finally:
         beat.close()
-        for number, handler in previous.items():
-            signal.signal(number, handler)
+        beat.deregister()
+        signals.restore()
         tally.save(stoppedAt=state.isoformat(state.now_utc()), stopReason=stop.reason or "ended", pid=None)
         client.close()
         session.close()
+    return _outcome(settings, stop, summary, seconds=time.monotonic() - started, json_output=json_output)
+
+
+def _outcome(
+    settings: Settings, stop: worker.Stop, summary: worker.Summary, *, seconds: float, json_output: bool
+) -> int:
+    """The exit code of a run that has ended, and its ``--json`` summary."""
     if json_output:
         cli.print_json(
             {
@@ -181,7 +190,7 @@ def _run_locked(settings: Settings, executor: executors.Executor, *, json_output
                 "tasksFailed": summary.failed,
                 "unpublished": summary.unpublished,
                 "stopReason": summary.stop_reason,
-                "durationSeconds": round(time.monotonic() - started, 3),
+                "durationSeconds": round(seconds, 3),
             }
         )
     if stop.exit_error is not None:
@@ -215,7 +224,7 @@ def status_command(args: argparse.Namespace) -> int:
     facts: dict[str, Any] = {
         "workerId": settings.worker_id,
         "workerName": settings.worker_name,
-        "serverUrl": settings.server_url,
+        "serverUrl": safe_url(settings.server_url),
         "redisUrl": safe_url(settings.redis_url),
         "executorType": settings.executor_type,
         "envFile": str(settings.env_file),
@@ -273,7 +282,7 @@ def unregister_command(args: argparse.Namespace) -> int:
         raise TransientError(f"worker {settings.worker_id} is running: stop it before unregistering it")
     session = registration.make_session(settings)
     try:
-        registration.deregister(session, settings, worker_id=settings.worker_id, token=settings.worker_token)
+        registration.deregister(session, settings, worker_id=settings.worker_id)
     except registration.CredentialsRefused as refused:
         if not args.force:
             raise AuthError(
@@ -291,5 +300,5 @@ def unregister_command(args: argparse.Namespace) -> int:
     if args.json:
         cli.print_json({"workerId": settings.worker_id, "unregistered": True, "envFile": str(settings.env_file)})
     else:
-        print(f"unregistered worker {settings.worker_id}; removed its identity from {settings.env_file}")
+        cli.print_line(f"unregistered worker {settings.worker_id}; removed its identity from {settings.env_file}")
     return Exit.OK

@@ -4,32 +4,27 @@ Built in: ``claude-code`` (Claude Code CLI) and ``command`` (a configured argv t
 Others plug in through the ``nexus_jobs.bsnexus_executors`` entry-point group: a class taking
 the :class:`~nexus_jobs.bsnexus.settings.Settings` and implementing :meth:`Executor.execute`.
 
-The prompt always goes to the child on stdin, never in its arguments; the child runs in its
-own process group so a timeout or a stop kills everything it started; tokens are removed
-from its environment.
+The prompt always goes to the child on stdin, never in its arguments. Children start through
+:func:`run_process` (the project's one runner): their own process group, killed whole on
+timeout or stop, no secret in their environment, dead with their worker, and recorded so a
+restarted worker kills what a killed one left.
 """
 
 from __future__ import annotations
 
-import contextlib
 import os
 import shlex
 import shutil
-import signal
-import subprocess
-import tempfile
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from importlib.metadata import EntryPoint, entry_points
 
+from ..core import processes
 from ..core.errors import ConfigError
-from .settings import Settings, child_environment
+from .settings import Settings
 from .tasks import truncate
 
 ENTRY_POINT_GROUP = "nexus_jobs.bsnexus_executors"
-KILL_WAIT_SECONDS = 3.0
-WAIT_STEP_SECONDS = 0.05
 COMMAND_PLACEHOLDERS = ("task_id", "kind", "repo_path", "branch_name")
 
 ShouldAbort = Callable[[], str]  # returns why the task must be killed now, or ""
@@ -46,7 +41,7 @@ class Request:
 
 
 @dataclass(frozen=True)
-class Outcome:
+class ExecutorOutcome:
     success: bool
     output: str = ""
     error_message: str = ""
@@ -70,12 +65,14 @@ class Executor:
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
+        # Names the running child for the next worker of this identity (see run_process).
+        self.record = processes.GroupRecord(settings.state_dir / f"{settings.job_id}.children.json")
 
     def warnings(self) -> list[str]:
         """Problems worth a warning at start (each task still reports its own failure)."""
         return []
 
-    def execute(self, request: Request, *, should_abort: ShouldAbort) -> Outcome:
+    def execute(self, request: Request, *, should_abort: ShouldAbort) -> ExecutorOutcome:
         raise NotImplementedError
 
     def review(self, request: Request, *, should_abort: ShouldAbort) -> Verdict:
@@ -123,16 +120,18 @@ class ClaudeCodeExecutor(Executor):
             ]
         return []
 
-    def execute(self, request: Request, *, should_abort: ShouldAbort) -> Outcome:
+    def execute(self, request: Request, *, should_abort: ShouldAbort) -> ExecutorOutcome:
         binary = shutil.which(self.settings.claude_binary)
         if binary is None:
-            return Outcome(
+            return ExecutorOutcome(
                 False,
                 error_message=f"the Claude Code CLI {self.settings.claude_binary!r} was not found on PATH "
                 "(install it, or set BSNEXUS_CLAUDE_BINARY)",
             )
         if not request.repo_path:
-            return Outcome(False, error_message="the task has no repo_path: claude-code needs a working directory")
+            return ExecutorOutcome(
+                False, error_message="the task has no repo_path: claude-code needs a working directory"
+            )
         argv = [binary, "--print", "--dangerously-skip-permissions"]
         return run_process(
             argv,
@@ -140,6 +139,7 @@ class ClaudeCodeExecutor(Executor):
             cwd=request.repo_path,
             timeout_seconds=request.timeout_seconds,
             should_abort=should_abort,
+            record=self.record,
         )
 
 
@@ -166,7 +166,7 @@ class CommandExecutor(Executor):
                 + ")"
             ) from None
 
-    def execute(self, request: Request, *, should_abort: ShouldAbort) -> Outcome:
+    def execute(self, request: Request, *, should_abort: ShouldAbort) -> ExecutorOutcome:
         values = {
             "task_id": request.task_id,
             "kind": request.kind,
@@ -180,6 +180,7 @@ class CommandExecutor(Executor):
             cwd=request.repo_path or None,
             timeout_seconds=request.timeout_seconds,
             should_abort=should_abort,
+            record=self.record,
         )
 
 
@@ -226,81 +227,40 @@ def run_process(
     cwd: str | None,
     timeout_seconds: float,
     should_abort: ShouldAbort,
-) -> Outcome:
-    """Run ``argv`` with ``prompt`` on stdin in a new process group; kill the whole group on
-    timeout or when ``should_abort`` says so. Output goes to temporary files, not pipes, so
-    a chatty child can never block on a full pipe."""
-    if cwd is not None and not os.path.isdir(cwd):
-        return Outcome(False, error_message=f"working directory {cwd} does not exist")
-    with tempfile.TemporaryFile() as stdout_file, tempfile.TemporaryFile() as stderr_file:
-        try:
-            process = subprocess.Popen(
-                argv,
-                cwd=cwd,
-                stdin=subprocess.PIPE,
-                stdout=stdout_file,
-                stderr=stderr_file,
-                env=child_environment(),
-                start_new_session=True,
-            )
-        except OSError as error:
-            return Outcome(False, error_message=f"cannot start {os.path.basename(argv[0])}: {error.strerror}")
-        deadline = time.monotonic() + timeout_seconds
-        stop_reason = _wait(process, prompt.encode("utf-8"), deadline=deadline, should_abort=should_abort)
-        if stop_reason is None and process.returncode is None:
-            stop_reason = f"timed out after {timeout_seconds:g} s; its process group was killed"
-        if stop_reason is not None:
-            _kill_group(process)
-        output = _read(stdout_file)
-        errors = _read(stderr_file)
-    exit_code = process.returncode
+    record: processes.GroupRecord | None = None,
+) -> ExecutorOutcome:
+    """Run ``argv`` with ``prompt`` on stdin through the project's one child-process runner
+    (docs/child-processes.md): its own process group killed whole on timeout or when
+    ``should_abort`` says so, no secret in its environment, dead with a worker killed by
+    SIGKILL, and named in ``record`` while it runs so that a restarted worker can kill what
+    it left."""
     name = os.path.basename(argv[0])
-    if stop_reason is not None:
-        return Outcome(False, output, f"{name} {stop_reason}", exit_code)
-    if exit_code != 0:
-        last_lines = " | ".join(errors.strip().splitlines()[-3:])[:500]
-        return Outcome(
-            False, output, f"{name} exited with code {exit_code}" + (f": {last_lines}" if last_lines else ""), exit_code
-        )
-    return Outcome(True, output, "", exit_code)
+    reasons: list[str] = []
 
-
-def _wait(
-    process: subprocess.Popen[bytes], stdin_bytes: bytes, *, deadline: float, should_abort: ShouldAbort
-) -> str | None:
-    """Feed stdin and wait; the reason to kill, or None when the process ended (or timed out)."""
-    first = True
-    while True:
-        try:
-            process.communicate(stdin_bytes if first else None, timeout=WAIT_STEP_SECONDS)
-            return None
-        except subprocess.TimeoutExpired:
-            pass
-        except ValueError:  # stdin already closed by a previous round
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                process.wait(timeout=WAIT_STEP_SECONDS)
-            if process.returncode is not None:
-                return None
-        first = False
+    def should_stop() -> bool:
         reason = should_abort()
         if reason:
-            return reason
-        if time.monotonic() >= deadline:
-            return None
+            reasons.append(reason)
+        return bool(reason)
 
-
-def _kill_group(process: subprocess.Popen[bytes]) -> None:
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(process.pid, signal.SIGTERM)
-    with contextlib.suppress(subprocess.TimeoutExpired):
-        process.wait(timeout=KILL_WAIT_SECONDS)
-    # Whatever is left of the group (the leader, or children it started) goes now.
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(process.pid, signal.SIGKILL)
-    process.wait()
-
-
-def _read(handle: object) -> str:
-    handle.seek(0)  # type: ignore[attr-defined]
-    data: bytes = handle.read()  # type: ignore[attr-defined]
-    return data.decode("utf-8", errors="replace")
+    try:
+        finished = processes.run(
+            argv,
+            stdin=prompt.encode("utf-8"),
+            cwd=cwd,
+            timeout_seconds=timeout_seconds,
+            should_stop=should_stop,
+            record=record,
+        )
+    except processes.CannotStart as error:
+        return ExecutorOutcome(False, error_message=str(error))
+    if finished.ended_by == processes.TIMEOUT:
+        message = f"{name} timed out after {timeout_seconds:g} s; its process group was killed"
+        return ExecutorOutcome(False, finished.output, message, finished.exit_code)
+    if finished.ended_by == processes.STOP:
+        return ExecutorOutcome(False, finished.output, f"{name} {reasons[-1]}", finished.exit_code)
+    if finished.exit_code != 0:
+        last_lines = finished.last_error_lines(3, width=500)
+        message = f"{name} exited with code {finished.exit_code}" + (f": {last_lines}" if last_lines else "")
+        return ExecutorOutcome(False, finished.output, message, finished.exit_code)
+    return ExecutorOutcome(True, finished.output, "", finished.exit_code)

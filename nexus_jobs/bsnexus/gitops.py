@@ -4,10 +4,9 @@ report the commit hash (every successful task gets its own commit, so it can be 
 
 from __future__ import annotations
 
-import subprocess
 from pathlib import Path
 
-from .settings import child_environment
+from ..core import processes
 
 GIT_TIMEOUT_SECONDS = 120.0
 DEFAULT_BRANCH = "main"
@@ -19,30 +18,27 @@ class GitError(RuntimeError):
     """A git step failed; the text is one line naming the step."""
 
 
-def _git(repo_path: str, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-    environment = child_environment(GIT_TERMINAL_PROMPT="0", LC_ALL="C")
+def _git(repo_path: str, *args: str, check: bool = True) -> processes.Finished:
+    """git through the project's one child-process runner (docs/child-processes.md)."""
     try:
-        completed = subprocess.run(
+        finished = processes.run(
             ["git", "-C", repo_path, *args],
-            capture_output=True,
-            text=True,
-            timeout=GIT_TIMEOUT_SECONDS,
-            env=environment,
-            check=False,
+            env={"GIT_TERMINAL_PROMPT": "0", "LC_ALL": "C"},
+            timeout_seconds=GIT_TIMEOUT_SECONDS,
         )
-    except FileNotFoundError:
+    except processes.CannotStart:
         raise GitError("git is not installed (needed for tasks with a repo_path)") from None
-    except subprocess.TimeoutExpired:
-        raise GitError(f"git {args[0]} took longer than {GIT_TIMEOUT_SECONDS:g} s") from None
-    if check and completed.returncode != 0:
-        reason = (completed.stderr.strip().splitlines() or [f"exit code {completed.returncode}"])[-1]
-        raise GitError(f"git {args[0]} failed in {repo_path}: {reason[:300]}")
-    return completed
+    if finished.ended_by == processes.TIMEOUT:
+        raise GitError(f"git {args[0]} took longer than {GIT_TIMEOUT_SECONDS:g} s")
+    if check and finished.exit_code != 0:
+        reason = finished.last_error_lines() or f"exit code {finished.exit_code}"
+        raise GitError(f"git {args[0]} failed in {repo_path}: {reason}")
+    return finished
 
 
 def _identity(repo_path: str) -> list[str]:
     """Commit as the configured user, or as the worker when none is configured."""
-    if _git(repo_path, "config", "user.email", check=False).returncode == 0:
+    if _git(repo_path, "config", "user.email", check=False).exit_code == 0:
         return []
     return ["-c", f"user.name={FALLBACK_NAME}", "-c", f"user.email={FALLBACK_EMAIL}"]
 
@@ -56,20 +52,20 @@ def ensure_repo(repo_path: str) -> None:
         raise GitError(f"cannot create repo_path {repo_path}: {error.strerror}") from None
     if not (path / ".git").exists():
         _git(repo_path, "init", "-q", "-b", DEFAULT_BRANCH)
-    if _git(repo_path, "rev-parse", "--verify", "-q", "HEAD", check=False).returncode != 0:
+    if _git(repo_path, "rev-parse", "--verify", "-q", "HEAD", check=False).exit_code != 0:
         _git(repo_path, *_identity(repo_path), "commit", "-q", "--allow-empty", "-m", "chore: initialize repository")
 
 
 def ensure_branch(repo_path: str, branch_name: str) -> None:
     """Check out ``branch_name``, creating it from the default branch (or HEAD) if needed."""
-    current = _git(repo_path, "rev-parse", "--abbrev-ref", "HEAD", check=False).stdout.strip()
+    current = _git(repo_path, "rev-parse", "--abbrev-ref", "HEAD", check=False).output.strip()
     if current == branch_name:
         return
-    if _git(repo_path, "rev-parse", "--verify", "-q", f"refs/heads/{branch_name}", check=False).returncode == 0:
+    if _git(repo_path, "rev-parse", "--verify", "-q", f"refs/heads/{branch_name}", check=False).exit_code == 0:
         _git(repo_path, "checkout", "-q", branch_name)
         return
     base = DEFAULT_BRANCH
-    if _git(repo_path, "rev-parse", "--verify", "-q", f"refs/heads/{base}", check=False).returncode != 0:
+    if _git(repo_path, "rev-parse", "--verify", "-q", f"refs/heads/{base}", check=False).exit_code != 0:
         base = "HEAD"
     _git(repo_path, "checkout", "-q", "-b", branch_name, base)
 
@@ -87,11 +83,11 @@ def commit_task(repo_path: str, *, task_id: str, title: str, branch_name: str) -
     _git(repo_path, "add", "-A")
     message = f"feat(task-{task_id}): {title}" if title else f"feat(task-{task_id})"
     _git(repo_path, *_identity(repo_path), "commit", "-q", "--allow-empty", "--no-verify", "-m", message)
-    return _git(repo_path, "rev-parse", "HEAD").stdout.strip()
+    return _git(repo_path, "rev-parse", "HEAD").output.strip()
 
 
 def revert(repo_path: str, *, commit_hash: str, branch_name: str) -> str:
     """Revert ``commit_hash`` on the branch; the hash of the revert commit."""
     ensure_branch(repo_path, branch_name)
     _git(repo_path, *_identity(repo_path), "revert", "--no-edit", commit_hash)
-    return _git(repo_path, "rev-parse", "HEAD").stdout.strip()
+    return _git(repo_path, "rev-parse", "HEAD").output.strip()

@@ -1,9 +1,11 @@
-"""The heartbeat thread of ``run``: tells the backend the worker lives (also during a long
-task), keeps the running task's Redis entry fresh, and handles refused credentials.
+"""The heartbeat thread of ``run`` and the worker's standing with the backend.
 
-On 401/404 it re-registers when a registration token is available (keeping the identity),
-else it stops the run, which then exits 77 saying to run ``register`` again. An unreachable
-server is retried every interval and reported once per outage; tasks go on meanwhile.
+It tells the backend the worker lives (also during a long task), keeps the running task's
+Redis entry fresh, and re-registers under the saved id whenever the backend has forgotten
+the worker: its registry hash expired (heartbeat 404), its token expired after 24 h (401),
+or ``run`` starts after a gap (no hash). Without a registration token the run stops and
+exits 77 saying to run ``register`` again. An unreachable server is retried every interval
+and reported once per outage, with one line when it answers again; tasks go on meanwhile.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from ..core.secrets import register_secret
 from . import registration, streams
 from .record import Tally
 from .settings import Settings
-from .worker import InFlight, Stop
+from .worker import Stop, Worker
 
 if TYPE_CHECKING:
     import redis
@@ -39,15 +41,17 @@ class Heartbeat(threading.Thread):
         client: redis.Redis,
         stop: Stop,
         tally: Tally,
-        in_flight: InFlight,
+        worker: Worker,
     ) -> None:
         super().__init__(name="bsnexus-heartbeat", daemon=True)
         self.settings = settings
+        # No retries inside a beat: the next beat is the retry (one line per outage).
+        self.beat_session = registration.make_session(settings, retries=0)
         self.session = session
         self.client = client
         self.stop = stop
         self.tally = tally
-        self.in_flight = in_flight
+        self.worker = worker
         self.worker_id = settings.worker_id
         self.token = settings.worker_token
         self.halt = threading.Event()
@@ -70,12 +74,35 @@ class Heartbeat(threading.Thread):
     def close(self) -> None:
         self.halt.set()
         # A daemon thread: a heartbeat stuck on a slow server must not hold up the stop.
-        self.join(timeout=CLOSE_WAIT_SECONDS)
+        if self.is_alive():
+            self.join(timeout=CLOSE_WAIT_SECONDS)
+
+    def register_if_forgotten(self) -> None:
+        """At start: re-register when the backend's registry no longer lists the worker (a
+        gap longer than its 90 s TTL since the last heartbeat, or a DELETE at the last stop)."""
+        try:
+            if streams.registered(self.client, self.worker_id):
+                return
+        except streams.down_errors() + streams.response_errors():
+            return  # Redis away: the loop reports it; the first heartbeat finds out instead
+        self.reregister("the backend's registry does not list it")
+
+    def deregister(self) -> None:
+        """At stop: the backend must not schedule onto a worker that is gone."""
+        try:
+            registration.deregister(self.beat_session, self.settings, worker_id=self.worker_id)
+        except JobError as error:
+            log.warning("could not deregister worker %s at stop: %s", self.worker_id, error)
+            return
+        finally:
+            self.beat_session.close()
+        log.info("deregistered worker %s", self.worker_id)
 
     def beat(self) -> None:
         try:
-            registration.heartbeat(self.session, self.settings, worker_id=self.worker_id, token=self.token)
+            registration.heartbeat(self.beat_session, self.settings, worker_id=self.worker_id, token=self.token)
         except registration.CredentialsRefused as refused:
+            self.server_answers()
             self.tally.heartbeat(f"refused: HTTP {refused.status}")
             self.credentials_refused(refused)
             return
@@ -89,13 +116,17 @@ class Heartbeat(threading.Thread):
                     self.settings.heartbeat_interval_seconds,
                 )
             return
-        if self.server_down_since is not None:
-            log.warning("the BSNexus server answers heartbeats again")
-            self.server_down_since = None
+        self.server_answers()
         self.tally.heartbeat("ok")
 
+    def server_answers(self) -> None:
+        if self.server_down_since is not None:
+            log.warning(
+                "the BSNexus server answers heartbeats again after %.1f s", time.monotonic() - self.server_down_since
+            )
+            self.server_down_since = None
+
     def credentials_refused(self, refused: registration.CredentialsRefused) -> None:
-        what = "token" if refused.status in (401, 403) else "worker id"
         saved = registration.saved_token(self.settings.env_file, worker_id=self.worker_id)
         if saved and saved != self.token:
             # `register` was run again while this worker ran: the server issued a new token.
@@ -106,14 +137,18 @@ class Heartbeat(threading.Thread):
             )
             self.beat()
             return
+        self.reregister(f"heartbeat HTTP {refused.status}: {refused.detail or 'refused'}")
+
+    def reregister(self, why: str) -> None:
+        """Register again under the saved id; stop the run when that cannot be done."""
         if not self.settings.registration_token:
             message = (
-                f"the BSNexus server refused worker {self.worker_id} (heartbeat HTTP {refused.status}: "
-                f"{refused.detail or f'unknown {what}'}); run `bsnexus-worker register` again"
+                f"the BSNexus server has forgotten worker {self.worker_id} ({why}) and no registration token "
+                "is available (BSNEXUS_REGISTRATION_TOKEN); run `bsnexus-worker register` again"
             )
-            self.stop.request(f"server refused the worker's {what}", error=AuthError(message))
+            self.stop.request("the server forgot the worker", error=AuthError(message))
             return
-        log.warning("heartbeat refused (HTTP %s: %s); re-registering", refused.status, refused.detail or what)
+        log.warning("the BSNexus server has forgotten worker %s (%s); re-registering", self.worker_id, why)
         current = dataclasses.replace(self.settings, worker_id=self.worker_id, worker_token=self.token)
         try:
             answer = registration.register(self.session, current)
@@ -132,7 +167,7 @@ class Heartbeat(threading.Thread):
             self.stop.request(
                 "registered as a new worker",
                 error=TransientError(
-                    f"the server had forgotten worker {self.worker_id}; registered as {answer.worker_id} "
+                    f"the server had lost worker {self.worker_id}; registered as {answer.worker_id} "
                     "(saved); start the worker again to use it"
                 ),
             )
@@ -142,10 +177,18 @@ class Heartbeat(threading.Thread):
         log.warning("re-registered worker %s; credentials saved to %s", self.worker_id, self.settings.env_file)
 
     def keep_task_fresh(self) -> None:
-        delivery = self.in_flight.delivery
+        delivery = self.worker.in_flight
         if delivery is None:
             return
         try:
-            streams.keep_fresh(self.client, delivery, consumer=self.worker_id)
+            owned = streams.keep_fresh(self.client, delivery, consumer=self.worker_id)
         except Exception as error:  # Redis away: the main loop reports and reconnects
             log.debug("could not refresh message %s: %s", delivery.message_id, error)
+            return
+        if not owned and self.worker.taken_over != delivery.message_id:
+            self.worker.taken_over = delivery.message_id
+            log.warning(
+                "message %s was claimed by another worker while this one ran it (the backend had "
+                "forgotten this worker); its entry is left to that worker",
+                delivery.message_id,
+            )

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 from ..core import http
 from ..core.errors import AuthError, BackendUnavailable, ConfigError, TransientError
 from ..core.secrets import register_secret
-from .settings import Settings
+from .settings import Settings, safe_url
 
 if TYPE_CHECKING:
     import requests
@@ -43,14 +43,13 @@ class Registration:
 
     worker_id: str
     token: str
-    heartbeat_interval_seconds: float | None
     streams: dict[str, str]
     consumer_groups: dict[str, str]
     reused: bool
 
 
 class CredentialsRefused(Exception):
-    """The server no longer accepts this worker's id or token (HTTP 401 or 404)."""
+    """The server does not accept this worker's id or token (HTTP 401, 403, 404 or 422)."""
 
     def __init__(self, status: int, detail: str) -> None:
         self.status = status
@@ -58,11 +57,12 @@ class CredentialsRefused(Exception):
         super().__init__(f"HTTP {status}: {detail}" if detail else f"HTTP {status}")
 
 
-def make_session(settings: Settings) -> requests.Session:
-    # Register and heartbeat are safe to repeat: a 429/5xx answer means nothing was done,
-    # and a repeated heartbeat is harmless.
+def make_session(settings: Settings, *, retries: int | None = None) -> requests.Session:
+    """Register and heartbeat are safe to repeat: a 429/5xx answer means nothing was done,
+    and a repeated heartbeat is harmless. Heartbeats use ``retries=0``: the next beat is the
+    retry, and an outage is then reported once, not as urllib3 warnings per beat."""
     return http.make_session(
-        retries=settings.http_retries,
+        retries=settings.http_retries if retries is None else retries,
         retry_post=True,
         retry_after_max_seconds=int(max(settings.reconnect_max_seconds, 1)),
         backoff_max_seconds=settings.reconnect_max_seconds,
@@ -76,7 +76,8 @@ def default_name() -> str:
 def register(session: requests.Session, settings: Settings) -> Registration:
     """``POST /api/v1/workers/register``, keeping the saved identity when there is one.
 
-    A server that no longer knows the saved worker (404) gets a fresh registration.
+    The backend answers 404 to a saved id only when its database lost the worker (a
+    forgotten Redis entry re-registers under the same id): then the worker registers anew.
     """
     if not settings.server_url:
         raise ConfigError("no BSNexus server URL: pass --url or set BSNEXUS_SERVER_URL")
@@ -92,9 +93,12 @@ def register(session: requests.Session, settings: Settings) -> Registration:
         "executor_type": settings.executor_type,
         "registration_token": settings.registration_token,
     }
-    reused = bool(settings.worker_id and settings.worker_token)
+    reused = bool(settings.worker_id)
     if reused:
-        payload.update(worker_id=settings.worker_id, worker_token=settings.worker_token)
+        # Sent exactly as issued: the backend uses the id verbatim in its Redis keys.
+        payload["worker_id"] = settings.worker_id
+        if settings.worker_token:
+            payload["worker_token"] = settings.worker_token
     response = _post(session, settings, settings.server_url + REGISTER_PATH, payload)
     if response.status_code == 404 and reused:
         log.warning(
@@ -102,7 +106,8 @@ def register(session: requests.Session, settings: Settings) -> Registration:
             settings.worker_id,
             _detail(response),
         )
-        del payload["worker_id"], payload["worker_token"]
+        payload.pop("worker_id")
+        payload.pop("worker_token", None)
         reused = False
         response = _post(session, settings, settings.server_url + REGISTER_PATH, payload)
     _raise_for_register_status(response, settings)
@@ -116,7 +121,7 @@ def _post(session: requests.Session, settings: Settings, url: str, payload: dict
         return session.post(url, json=payload, timeout=(CONNECT_TIMEOUT_SECONDS, settings.http_timeout_seconds))
     except requests.RequestException as error:
         raise BackendUnavailable(
-            f"cannot reach the BSNexus server at {settings.server_url}: {http.describe_error(error)}"
+            f"cannot reach the BSNexus server at {safe_url(settings.server_url)}: {http.describe_error(error)}"
         ) from None
 
 
@@ -124,14 +129,20 @@ def _raise_for_register_status(response: requests.Response, settings: Settings) 
     status, detail = response.status_code, _detail(response)
     if status == 200 or status == 201:
         return
-    if status in (401, 403):
+    if status == 403:  # newer backends: the saved worker token belongs to another worker id
+        raise AuthError(
+            f"the server refused to re-register worker {settings.worker_id} (HTTP 403: {detail or 'no detail'}); "
+            "remove BSNEXUS_WORKER_ID and BSNEXUS_WORKER_TOKEN from the .env file to register as a new worker"
+        )
+    if status == 401:
         raise AuthError(
             f"the server refused the registration token (HTTP {status}: {detail or 'no detail'}): it is invalid, "
             "revoked or expired; get a new one from the BSNexus admin UI (Workers > Registration Token)"
         )
     if status == 404:
         raise ConfigError(
-            f"{settings.server_url}{REGISTER_PATH} does not exist (HTTP 404): is --url the BSNexus backend's base URL?"
+            f"{safe_url(settings.server_url)}{REGISTER_PATH} does not exist (HTTP 404): "
+            "is --url the BSNexus backend's base URL?"
         )
     if status == 422:
         raise ConfigError(f"the server rejected the registration request (HTTP 422): {detail or 'no detail'}")
@@ -150,14 +161,16 @@ def _detail(response: requests.Response) -> str:
     """The ``detail`` of a FastAPI error body, on one short line."""
     try:
         body = response.json()
-    except ValueError:
+    except (ValueError, RecursionError):  # hostile answers: any nesting depth is bad input
         return response.text.strip().splitlines()[0][:200] if response.text.strip() else ""
     detail = body.get("detail") if isinstance(body, dict) else body
     if isinstance(detail, list):  # 422: [{"loc": [...], "msg": ...}, ...]
         parts = []
         for item in detail[:5]:
             if isinstance(item, dict):
-                where = ".".join(str(part) for part in item.get("loc", []) if part != "body")
+                loc = item.get("loc")
+                loc = loc if isinstance(loc, list) else []
+                where = ".".join(str(part) for part in loc if part != "body")
                 parts.append(f"{where}: {item.get('msg', '')}" if where else str(item.get("msg", "")))
             else:
                 parts.append(str(item))
@@ -168,21 +181,19 @@ def _detail(response: requests.Response) -> str:
 def _parse_registration(response: requests.Response, *, reused: bool) -> Registration:
     try:
         body = response.json()
-    except ValueError:
+    except (ValueError, RecursionError):
         body = None
-    if not isinstance(body, dict) or not isinstance(body.get("worker_id"), (str, int)) or not body.get("token"):
+    if not isinstance(body, dict) or not isinstance(body.get("worker_id"), str) or not body.get("token"):
         raise BackendUnavailable("the BSNexus server's registration answer has no worker_id and token")
-    token = str(body["token"])
+    token = body["token"]
+    if not isinstance(token, str) or not token.isascii() or not token.isprintable() or " " in token:
+        raise BackendUnavailable("the BSNexus server's registration answer has a token that is not printable ASCII")
     register_secret(token)
-    interval = body.get("heartbeat_interval")
     streams: dict[str, Any] = body["streams"] if isinstance(body.get("streams"), dict) else {}
     groups: dict[str, Any] = body["consumer_groups"] if isinstance(body.get("consumer_groups"), dict) else {}
     return Registration(
         worker_id=str(body["worker_id"]),
         token=token,
-        heartbeat_interval_seconds=float(interval)
-        if isinstance(interval, (int, float)) and not isinstance(interval, bool) and interval > 0
-        else None,
         streams={key: str(value) for key, value in streams.items() if key in STREAM_KEYS and value},
         consumer_groups={key: str(value) for key, value in groups.items() if key in GROUP_KEYS and value},
         reused=reused,
@@ -202,8 +213,12 @@ def save_identity(env_file: Path, settings: Settings, registration: Registration
         "BSNEXUS_WORKER_ID": registration.worker_id,
         "BSNEXUS_WORKER_TOKEN": registration.token,
     }
-    if registration.heartbeat_interval_seconds:
-        values["BSNEXUS_HEARTBEAT_INTERVAL"] = f"{registration.heartbeat_interval_seconds:g}"
+    # The answer's heartbeat_interval is not saved: the backend always says 30, and an
+    # interval the operator set in the same file must survive re-registration.
+    if not settings.registration_token_elsewhere:
+        # Register once, run anytime: `run` re-registers with it when the backend forgot
+        # the worker (docs/bsnexus.md).
+        values["BSNEXUS_REGISTRATION_TOKEN"] = settings.registration_token
     for key, name in STREAM_KEYS.items():
         if key in registration.streams:
             values[name] = registration.streams[key]
@@ -213,6 +228,8 @@ def save_identity(env_file: Path, settings: Settings, registration: Registration
     _create_private(env_file)
     for key, value in values.items():
         set_key(env_file, key, value, quote_mode="auto")
+    if settings.registration_token_elsewhere:
+        _unset(env_file, ("BSNEXUS_REGISTRATION_TOKEN",))
     os.chmod(env_file, 0o600)
 
 
@@ -238,12 +255,16 @@ def saved_token(env_file: Path, *, worker_id: str) -> str:
 
 def forget_identity(env_file: Path) -> None:
     """Remove the worker id and token from the ``.env`` file (the server URL etc. stay)."""
+    _unset(env_file, IDENTITY_KEYS)
+
+
+def _unset(env_file: Path, keys: tuple[str, ...]) -> None:
     from dotenv import dotenv_values, unset_key
 
     if not env_file.exists():
         return
     present = dotenv_values(env_file)
-    for key in IDENTITY_KEYS:
+    for key in keys:
         if key in present:
             unset_key(env_file, key)
 
@@ -261,33 +282,36 @@ def _create_private(env_file: Path) -> None:
 def heartbeat(session: requests.Session, settings: Settings, *, worker_id: str, token: str) -> None:
     """One heartbeat. Raises :class:`CredentialsRefused` on 401/403/404, ``BackendUnavailable``
     when the server cannot be reached or fails."""
-    _authorized(session, settings, "POST", f"/api/v1/workers/{worker_id}/heartbeat", token=token)
+    _request(session, settings, "POST", f"/api/v1/workers/{worker_id}/heartbeat", token=token)
 
 
-def deregister(session: requests.Session, settings: Settings, *, worker_id: str, token: str) -> None:
-    """``DELETE /api/v1/workers/{id}``; a worker the server does not know is already gone."""
+def deregister(session: requests.Session, settings: Settings, *, worker_id: str) -> None:
+    """``DELETE /api/v1/workers/{id}``: the backend forgets the worker's Redis entry and token
+    (it needs no auth and answers 200 even for an unknown id; 422 for an id that is no UUID)."""
     try:
-        _authorized(session, settings, "DELETE", f"/api/v1/workers/{worker_id}", token=token)
+        _request(session, settings, "DELETE", f"/api/v1/workers/{worker_id}", token="")
     except CredentialsRefused as refused:
+        if refused.status == 422:
+            raise ConfigError(f"BSNEXUS_WORKER_ID {worker_id!r} is not a worker id the server issued") from None
         if refused.status != 404:
             raise
 
 
-def _authorized(session: requests.Session, settings: Settings, method: str, path: str, *, token: str) -> None:
+def _request(session: requests.Session, settings: Settings, method: str, path: str, *, token: str) -> None:
     import requests
 
     try:
         response = session.request(
             method,
             settings.server_url + path,
-            headers={"Authorization": f"Bearer {token}"},
+            headers={"Authorization": f"Bearer {token}"} if token else {},
             timeout=(CONNECT_TIMEOUT_SECONDS, settings.http_timeout_seconds),
         )
     except requests.RequestException as error:
         raise BackendUnavailable(
-            f"cannot reach the BSNexus server at {settings.server_url}: {http.describe_error(error)}"
+            f"cannot reach the BSNexus server at {safe_url(settings.server_url)}: {http.describe_error(error)}"
         ) from None
-    if response.status_code in (401, 403, 404):
+    if response.status_code in (401, 403, 404, 422):
         raise CredentialsRefused(response.status_code, _detail(response))
     if response.status_code >= 400:
         raise BackendUnavailable(f"the BSNexus server answered HTTP {response.status_code}: {_detail(response)}")

@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import argparse
 import re
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from ..core import config
 from ..core.errors import ConfigError
@@ -33,6 +35,15 @@ WORKER_NAME = Option(
 REGISTRATION_TOKEN = Option(
     "registration_token", str, "", "registration token from the admin UI", env="BSNEXUS_REGISTRATION_TOKEN", secret=True
 )
+REGISTRATION_TOKEN_ELSEWHERE = Option(
+    "registration_token_elsewhere",
+    bool,
+    False,
+    "the registration token reaches `run` another way (environment, secret store): register does not "
+    "save it in the .env file",
+    flag="--registration-token-elsewhere",
+    env="BSNEXUS_REGISTRATION_TOKEN_ELSEWHERE",
+)
 WORKER_ID = Option("worker_id", str, "", "worker id (saved by register)", env="BSNEXUS_WORKER_ID")
 WORKER_TOKEN = Option(
     "worker_token", str, "", "worker auth token (saved by register)", env="BSNEXUS_WORKER_TOKEN", secret=True
@@ -45,6 +56,7 @@ DURATION = Option(
     flag="--duration",
     env="BSNEXUS_DURATION",
     minimum=0,
+    maximum=31_536_000,
 )
 MAX_TASKS = Option(
     "max_tasks",
@@ -54,6 +66,7 @@ MAX_TASKS = Option(
     flag="--max-tasks",
     env="BSNEXUS_MAX_TASKS",
     minimum=0,
+    maximum=1_000_000_000,
 )
 
 TUNING = (
@@ -70,9 +83,11 @@ TUNING = (
         "visibility_timeout_seconds",
         float,
         300.0,
-        "a task pending this long on a consumer that stopped refreshing it is claimed by another worker",
+        "a task pending this long on a consumer the backend has forgotten (its worker:{id} hash gone) is "
+        "claimed by another worker; a live consumer's tasks are never claimed",
         env="BSNEXUS_VISIBILITY_TIMEOUT_SECONDS",
         minimum=0.05,
+        maximum=604_800,
     ),
     Option(
         "max_deliveries",
@@ -81,6 +96,7 @@ TUNING = (
         "a task delivered more often than this is a poison message: failed and dead-lettered",
         env="BSNEXUS_MAX_DELIVERIES",
         minimum=1,
+        maximum=1000,
     ),
     Option(
         "task_timeout_seconds",
@@ -89,6 +105,7 @@ TUNING = (
         "an executor running longer is killed (its whole process group)",
         env="BSNEXUS_TASK_TIMEOUT_SECONDS",
         minimum=0.05,
+        maximum=604_800,
     ),
     Option(
         "grace_seconds",
@@ -97,6 +114,7 @@ TUNING = (
         "after SIGTERM/SIGINT or --duration, how long the running task may still take",
         env="BSNEXUS_GRACE_SECONDS",
         minimum=0,
+        maximum=86_400,
     ),
     Option(
         "poll_seconds",
@@ -114,6 +132,7 @@ TUNING = (
         "longest wait between reconnection attempts to Redis or the server",
         env="BSNEXUS_RECONNECT_MAX_SECONDS",
         minimum=0.05,
+        maximum=3600,
     ),
     Option(
         "http_retries", int, 4, "retries of a transient HTTP failure", env="BSNEXUS_HTTP_RETRIES", minimum=0, maximum=10
@@ -155,13 +174,14 @@ OPTIONS = (
     EXECUTOR_TYPE,
     WORKER_NAME,
     REGISTRATION_TOKEN,
+    REGISTRATION_TOKEN_ELSEWHERE,
     WORKER_ID,
     WORKER_TOKEN,
     DURATION,
     MAX_TASKS,
     *TUNING,
 )
-REGISTER_FLAGS = (SERVER_URL, REDIS_URL, EXECUTOR_TYPE, WORKER_NAME)
+REGISTER_FLAGS = (SERVER_URL, REDIS_URL, EXECUTOR_TYPE, WORKER_NAME, REGISTRATION_TOKEN_ELSEWHERE)
 RUN_FLAGS = (DURATION, MAX_TASKS)
 
 
@@ -172,6 +192,7 @@ class Settings:
     executor_type: str
     worker_name: str
     registration_token: str
+    registration_token_elsewhere: bool
     worker_id: str
     worker_token: str
     duration_seconds: float
@@ -210,10 +231,12 @@ def load(args: argparse.Namespace, loaded: config.LoadedConfig, *, token_flag: s
         values["registration_token"] = token_flag
     for secret in ("registration_token", "worker_token"):
         register_secret(values[secret])
-    problems = []
-    if values["server_url"] and not values["server_url"].startswith(("http://", "https://")):
-        problems.append(f"--url / BSNEXUS_SERVER_URL: expected an http(s):// URL, got {values['server_url']!r}")
     register_secret(_password_of(values["redis_url"]))
+    register_secret(_password_of(values["server_url"]))  # http://user:PASS@host
+    problems = _identity_problems(values)
+    server_problem = _server_url_problem(values["server_url"]) if values["server_url"] else ""
+    if server_problem:
+        problems.append(f"--url / BSNEXUS_SERVER_URL: {server_problem}, got {safe_url(values['server_url'])!r}")
     redis_problem = _redis_url_problem(values["redis_url"])
     if redis_problem:
         problems.append(f"--redis-url / BSNEXUS_REDIS_URL: {redis_problem}, got {safe_url(values['redis_url'])!r}")
@@ -225,17 +248,41 @@ def load(args: argparse.Namespace, loaded: config.LoadedConfig, *, token_flag: s
     return Settings(**values, env_file=loaded.env_file, state_dir=state_dir)
 
 
-# Never handed to child processes: worker credentials and a Redis URL that may hold a password.
-PRIVATE_ENV = ("BSNEXUS_WORKER_TOKEN", "BSNEXUS_REGISTRATION_TOKEN", "BSNEXUS_REDIS_URL", "NEXUS_API_KEY")
+def _identity_problems(values: dict[str, Any]) -> list[str]:
+    """Tokens travel in HTTP headers and JSON (ASCII only); the backend issues uuid4 ids."""
+    problems = []
+    for option in (REGISTRATION_TOKEN, WORKER_TOKEN):
+        token = values[option.path]
+        if token and not (token.isascii() and token.isprintable() and " " not in token):
+            problems.append(f"{option.env}: a token is printable ASCII without spaces; this one is not")
+    worker_id = values["worker_id"]
+    if worker_id:
+        try:
+            canonical = str(uuid.UUID(worker_id))
+        except ValueError:
+            canonical = ""
+        if canonical != worker_id:
+            problems.append(
+                f"BSNEXUS_WORKER_ID: expected the lower-case UUID the server issued, got {worker_id[:80]!r}"
+            )
+    return problems
 
 
-def child_environment(**extra: str) -> dict[str, str]:
-    """This process's environment without the secrets of :data:`PRIVATE_ENV`."""
-    import os
+def _server_url_problem(url: str) -> str:
+    from urllib.parse import urlsplit
 
-    environment = {key: value for key, value in os.environ.items() if key not in PRIVATE_ENV}
-    environment.update(extra)
-    return environment
+    if not url.startswith(("http://", "https://")):
+        return "expected an http(s):// URL"
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 - raises ValueError for a port that is not a number
+    except ValueError as error:
+        return str(error).rstrip(".")
+    if not parts.hostname:
+        return "the URL names no host"
+    if not url.isascii() or any(character.isspace() for character in url):
+        return "a URL is ASCII without spaces"
+    return ""
 
 
 def _redis_url_problem(url: str) -> str:

@@ -2,9 +2,17 @@
 tasks, results, acknowledgements, dead letters and the pending-entry figures of ``status``.
 
 Order of intake: first the worker's own pending entries (id ``0``: what it held when it last
-stopped), then entries idle longer than the visibility timeout on any consumer (XAUTOCLAIM:
-their worker died), then new ones (``>``). A running task's entry is kept fresh (XCLAIM
-JUSTID to itself), so only a dead worker's entries ever go idle.
+stopped), then entries of dead consumers, then new ones (``>``).
+
+Claim only from the dead (docs/bsnexus.md): a consumer is a worker id, and the backend's
+own registry says whether it lives: the hash ``worker:{id}`` in this Redis, renewed by its
+heartbeats. An entry of a consumer whose hash exists is never claimed, however long it has
+been idle (the original BSNexus worker never refreshes its entries, and a task may run an
+hour). An entry of a consumer without a hash (forgotten, deregistered, or never registered)
+is claimed once idle longer than the visibility timeout: the idle time guards against a
+worker whose hash lapsed during a backend outage while it still works (ours keep their
+running entry fresh, so it never goes idle). XAUTOCLAIM cannot filter by consumer, so the
+claim is XPENDING per dead consumer, then XCLAIM with the same minimum idle time.
 """
 
 from __future__ import annotations
@@ -22,6 +30,19 @@ if TYPE_CHECKING:
     import redis
 
 OWN_PENDING_BATCH = 10
+CLAIM_CANDIDATES = 10
+# The backend's registry of live workers (renewed by heartbeats, TTL 90 s).
+REGISTRY_KEY = "worker:{}"
+# Refresh the entry only while this consumer still owns it: another worker may have claimed
+# it (this worker was thought dead), and taking it back would run the task twice.
+KEEP_FRESH_SCRIPT = """
+local rows = redis.call('XPENDING', KEYS[1], ARGV[1], ARGV[2], ARGV[2], 1)
+if rows[1] and rows[1][2] == ARGV[3] then
+  redis.call('XCLAIM', KEYS[1], ARGV[1], ARGV[3], 0, ARGV[2], 'JUSTID')
+  return 1
+end
+return 0
+"""
 # After this many tasks in a row from one stream, look at the other one first.
 FAIRNESS_STREAK = 8
 
@@ -137,7 +158,7 @@ class TaskReader:
                 return self.buffer.popleft()
             self.own_pending_done = True
         if time.monotonic() >= self.next_claim_at:
-            claimed = self._claim_idle()
+            claimed = self._claim_from_dead()
             if claimed is not None:
                 return claimed  # there may be more: look again next time
             self.next_claim_at = time.monotonic() + self.claim_every_seconds
@@ -154,17 +175,50 @@ class TaskReader:
                 found.append(Delivery(channel, message_id, fields, self._count(channel, message_id), "own pending"))
         return found
 
-    def _claim_idle(self) -> Delivery | None:
+    def _claim_from_dead(self) -> Delivery | None:
         for channel in self.channels:
-            reply = self.client.xautoclaim(
-                channel.stream, channel.group, self.consumer, self.visibility_ms, start_id="0-0", count=1
-            )
-            for message_id, fields in reply[1] if len(reply) > 1 else []:
-                if not fields:
-                    self.client.xack(channel.stream, channel.group, message_id)
+            for consumer in self._dead_consumers(channel):
+                rows = self.client.xpending_range(
+                    channel.stream,
+                    channel.group,
+                    min="-",
+                    max="+",
+                    count=CLAIM_CANDIDATES,
+                    consumername=consumer,
+                    idle=self.visibility_ms,
+                )
+                if not rows:
                     continue
-                return Delivery(channel, message_id, fields, self._count(channel, message_id), "claimed")
+                ids: list[Any] = [row["message_id"] for row in rows]
+                # The same minimum idle time: an entry refreshed meanwhile stays where it is.
+                claimed: Any = self.client.xclaim(channel.stream, channel.group, self.consumer, self.visibility_ms, ids)
+                for message_id, fields in claimed:
+                    if not fields:  # deleted from the stream while pending: nothing to run
+                        self.client.xack(channel.stream, channel.group, message_id)
+                        continue
+                    self.buffer.append(
+                        Delivery(channel, message_id, fields, self._count(channel, message_id), "claimed")
+                    )
+                if self.buffer:
+                    return self.buffer.popleft()
         return None
+
+    def _dead_consumers(self, channel: Channel) -> list[str]:
+        """Consumers other than this one with pending entries and no registry entry."""
+        try:
+            summary = self.client.xpending(channel.stream, channel.group)
+        except _response_error() as error:
+            if is_missing_group(error):
+                return []
+            raise
+        others = [str(row["name"]) for row in summary.get("consumers") or [] if row["name"] != self.consumer]
+        if not others:
+            return []
+        with self.client.pipeline(transaction=False) as pipe:
+            for name in others:
+                pipe.exists(REGISTRY_KEY.format(name))
+            alive = pipe.execute()
+        return [name for name, exists in zip(others, alive, strict=True) if not exists]
 
     def _new(self, *, block_ms: int) -> Delivery | None:
         if self.streak >= FAIRNESS_STREAK:
@@ -229,10 +283,24 @@ def dead_letter(client: redis.Redis, stream: str, delivery: Delivery, *, reason:
     return publish(client, stream, fields)
 
 
-def keep_fresh(client: redis.Redis, delivery: Delivery, *, consumer: str) -> None:
-    """Reset the idle time of a running task's entry so no other worker claims it.
-    JUSTID: the delivery counter is not incremented."""
-    client.xclaim(delivery.channel.stream, delivery.channel.group, consumer, 0, [delivery.message_id], justid=True)
+def keep_fresh(client: redis.Redis, delivery: Delivery, *, consumer: str) -> bool:
+    """Reset the idle time of a running task's entry so no other worker claims it (JUSTID:
+    the delivery counter is not incremented). False when another consumer owns it now."""
+    owned = client.eval(
+        KEEP_FRESH_SCRIPT, 1, delivery.channel.stream, delivery.channel.group, delivery.message_id, consumer
+    )
+    return bool(owned)
+
+
+def registered(client: redis.Redis, worker_id: str) -> bool:
+    """Whether the backend's registry lists ``worker_id`` as alive."""
+    return bool(client.exists(REGISTRY_KEY.format(worker_id)))
+
+
+def _response_error() -> type[BaseException]:
+    import redis
+
+    return redis.exceptions.ResponseError
 
 
 def pending_counts(client: redis.Redis, channel_list: list[Channel], *, consumer: str) -> dict[str, int]:

@@ -45,11 +45,11 @@ def parse(message_id: str, fields: Mapping[str, str], *, kind: str) -> Task:
     if kind == EXECUTION and fields.get("type", "") == REVERT:
         kind = REVERT
     repo_path = fields.get("repo_path", "").strip()
-    if repo_path and not os.path.isabs(repo_path):
-        raise BadTask(f"repo_path must be an absolute path, got {repo_path!r}")
+    if repo_path and (not os.path.isabs(repo_path) or "\0" in repo_path):
+        raise BadTask(f"repo_path must be an absolute path, got {repo_path[:200]!r}")
     branch_name = fields.get("branch_name", "").strip()
     if branch_name and (branch_name.startswith("-") or any(ch in branch_name for ch in " ~^:?*[\\\0")):
-        raise BadTask(f"branch_name {branch_name!r} is not a valid git branch name")
+        raise BadTask(f"branch_name {branch_name[:200]!r} is not a valid git branch name")
     common = {
         "message_id": message_id,
         "task_id": task_id,
@@ -76,6 +76,8 @@ def _prompt(fields: Mapping[str, str], name: str) -> str:
         raise BadTask(f"no {name} field")
     try:
         document = json.loads(raw)
+    except RecursionError:  # hostile nesting: bad input, not a crash (docs/bsnexus.md)
+        raise BadTask(f"{name} is nested too deeply to read ({len(raw)} characters)") from None
     except ValueError:
         preview = raw[:60] + ("..." if len(raw) > 60 else "")
         raise BadTask(f'{name} is not JSON (expected {{"prompt": "..."}}), got {preview!r}') from None
@@ -147,7 +149,15 @@ def failure_result(
 ) -> dict[str, str]:
     """A failure of the right shape for the stream the message came from."""
     if kind == QA:
-        return qa_result(task_id=task_id, worker_id=worker_id, passed=False, error_message=error_message, extra=extra)
+        # The backend reads only `feedback` from a failed review and hands it to the retry.
+        return qa_result(
+            task_id=task_id,
+            worker_id=worker_id,
+            passed=False,
+            feedback=error_message,
+            error_message=error_message,
+            extra=extra,
+        )
     return execution_result(
         task_id=task_id,
         worker_id=worker_id,
