@@ -447,8 +447,9 @@ def test_stop_signal_while_waiting_exits_cleanly(worker_env, mosquitto):
     wait_until(lambda: connected in mosquitto.log_path.read_text(), what="the worker to connect")
     waiting.send_signal(signal.SIGTERM)
     stdout, stderr = waiting.communicate(timeout=10)
-    assert waiting.returncode == 0, stderr
-    assert json.loads(stdout)["outcome"] == "stopped"
+    assert waiting.returncode == 143, stderr
+    assert (json.loads(stdout)["outcome"], json.loads(stdout)["exitCode"]) == ("stopped", 143)
+    assert "Traceback" not in stderr
 
 
 def test_first_stop_signal_finishes_the_job_and_a_second_leaves_it_queued(worker_env, mosquitto, results):
@@ -467,7 +468,7 @@ def test_first_stop_signal_finishes_the_job_and_a_second_leaves_it_queued(worker
     assert worker.poll() is None, "the first signal lets the current job finish"
     (finished / "release").touch()
     stdout, stderr = worker.communicate(timeout=20)
-    assert worker.returncode == 0, stderr
+    assert worker.returncode == 143, stderr
     assert json.loads(stdout)["result"]["status"] == "success"
     assert results.wait_for("finished")["status"] == "success"
 
@@ -475,9 +476,9 @@ def test_first_stop_signal_finishes_the_job_and_a_second_leaves_it_queued(worker
     wait_until(lambda: _step_running(abandoned / "job.log"), what="the second job to start")
     worker.send_signal(signal.SIGTERM)
     time.sleep(0.3)
-    worker.send_signal(signal.SIGTERM)
+    worker.send_signal(signal.SIGINT)
     stdout, stderr = worker.communicate(timeout=20)
-    assert worker.returncode == 75, stderr
+    assert worker.returncode == 143, "the first signal decides the exit code"
     assert "stays queued" in stderr and "Traceback" not in stderr
     assert not (abandoned / "done.txt").exists() and "abandoned" not in results.results
     (abandoned / "release").touch()
