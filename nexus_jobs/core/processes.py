@@ -111,9 +111,10 @@ class GroupRecord:
         except (OSError, ValueError, KeyError, TypeError, RecursionError):
             self.forget()  # unreadable: nothing can be identified safely
             return 0
-        killed = sweep(child) if same_boot and child.tag else 0
+        killed = _sweep(child) if same_boot and child.tag else []
+        _wait_gone(killed, deadline=time.monotonic() + KILL_GRACE_SECONDS)  # gone before anything runs
         self.forget()
-        return killed
+        return len(killed)
 
 
 def run(
@@ -280,6 +281,10 @@ def sweep(child: Child) -> int:
     """SIGKILL the child's process group and every process carrying its tag (a daemon that
     left the group with setsid still carries it). Returns how many tagged processes there
     were (looked up before the group is killed: a killed process shows no environment)."""
+    return len(_sweep(child))
+
+
+def _sweep(child: Child) -> list[int]:
     marker = f"{TAG_VARIABLE}={child.tag}".encode()
     tagged = []
     for pid in _own_processes():
@@ -293,7 +298,20 @@ def sweep(child: Child) -> int:
     for pid in tagged:
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.kill(pid, signal.SIGKILL)
-    return len(tagged)
+    return tagged
+
+
+def _wait_gone(pids: list[int], *, deadline: float) -> None:
+    """Wait until the processes have ended (a zombie has: it only waits for its reaper)."""
+    for pid in pids:
+        while time.monotonic() < deadline:
+            try:
+                with open(f"/proc/{pid}/stat", "rb") as handle:
+                    if handle.read().rsplit(b")", 1)[1].split()[0] == b"Z":
+                        break
+            except (OSError, IndexError):
+                break
+            time.sleep(0.01)
 
 
 def _own_processes() -> list[int]:
