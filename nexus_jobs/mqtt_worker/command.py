@@ -10,7 +10,7 @@ has acknowledged it; a worker killed mid-job gets the pointer again at its next 
 
 Nothing is run twice: a result record in the workDir, written before publishing, turns a
 redelivered finished job into a re-publication of its result, and a lock file in the workDir
-keeps two workers from running one job.
+keeps two workers from running one job. The contract is ``docs/mqtt.md``.
 """
 
 from __future__ import annotations
