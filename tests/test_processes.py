@@ -244,3 +244,12 @@ def test_sigint_first_reports_130() -> None:
         os.kill(os.getpid(), signal.SIGINT)
         wait_until(lambda: signals.requested, what="the signal")
         assert signals.exit_code == Exit.INTERRUPTED == 130
+
+
+def test_a_child_that_cannot_be_recorded_is_not_left_running(tmp_path: Path) -> None:
+    record = processes.GroupRecord(tmp_path / "no-such-directory" / "children.json")
+    with pytest.raises(processes.CannotStart, match="cannot record the child"):
+        processes.run(["sh", "-c", f"echo $$ > {tmp_path}/pid; exec sleep 1000"], record=record)
+    if (tmp_path / "pid").exists():
+        pid = int((tmp_path / "pid").read_text())
+        wait_until(lambda: gone(pid), what="the unrecorded child to be killed")

@@ -95,7 +95,8 @@ class GroupRecord:
         os.replace(temporary, self.path)
 
     def forget(self) -> None:
-        with contextlib.suppress(FileNotFoundError):
+        # A record that cannot be removed is harmless: it names processes by their tag.
+        with contextlib.suppress(OSError):
             self.path.unlink()
 
     def kill_leftovers(self) -> int:
@@ -156,7 +157,7 @@ def run(
         ended_by = "interrupted"
         try:
             if record is not None:
-                record.remember(child)
+                _remember(record, child)
             ended_by = _wait(process, stdin, deadline=deadline, should_stop=should_stop, service=service)
             if ended_by:
                 _end_group(process, grace_seconds=grace_seconds, service=service)
@@ -173,6 +174,13 @@ def run(
     code = process.returncode
     exit_code = TIMEOUT_EXIT_CODE if ended_by == TIMEOUT else (code if code >= 0 else 128 - code)
     return Finished(exit_code, ended_by, output, errors, time.monotonic() - began)
+
+
+def _remember(record: GroupRecord, child: Child) -> None:
+    try:
+        record.remember(child)
+    except OSError as error:  # a full disk, say: better not run what could not be recorded
+        raise CannotStart(f"cannot record the child in {record.path}: {error.strerror or error}") from None
 
 
 def new_tag() -> str:
