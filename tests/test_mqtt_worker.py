@@ -551,6 +551,14 @@ def prepare(row: dict[str, Any], root: Path) -> bytes:
             (work_dir / "job.log").symlink_to(root.parent / "outside" / "target.log")
         if setup.get("logFifo"):
             os.mkfifo(work_dir / "job.log")
+        if setup.get("jobFifo"):
+            os.mkfifo(work_dir / "job.json")
+        if "resultLink" in setup:
+            (work_dir / "job.result.json").symlink_to(setup["resultLink"])
+        if setup.get("resultFifo"):
+            os.mkfifo(work_dir / "job.result.json")
+        if setup.get("resultDir"):
+            (work_dir / "job.result.json").mkdir()
         if "resultDeep" in setup:
             (work_dir / "job.result.json").write_text(deep_json(setup["resultDeep"]))
     spec = row["pointer"]

@@ -10,9 +10,12 @@ size, JSON nesting, types, where paths lead.
 
 from __future__ import annotations
 
+import errno
 import functools
 import json
+import os
 import re
+import stat
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -20,7 +23,6 @@ from pathlib import Path
 from typing import Any, TypeGuard
 
 from ..core import processes, state
-from ..core.errors import ConfigError
 from .joblog import JobLog
 
 JOB_FILE = "job.json"
@@ -31,6 +33,7 @@ LOCK_FILE = "job.lock"
 # A pointer names a directory; anything bigger than this is not a pointer.
 POINTER_MAX_BYTES = 64 * 1024
 JOB_FILE_MAX_BYTES = 1024 * 1024
+RESULT_FILE_MAX_BYTES = 1024 * 1024
 # The id becomes an MQTT topic level and appears in file names: no '/', '+', '#' or spaces.
 JOB_ID_PATTERN = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._:@-]{0,199}")
 ENV_NAME_PATTERN = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
@@ -190,10 +193,22 @@ def load_definition(pointer: Pointer, *, default_timeout_seconds: float) -> JobD
     return JobDefinition(steps=steps, env=dict(env), timeout_seconds=float(timeout), source=JOB_FILE)
 
 
+def read_regular_file(path: Path, *, limit_bytes: int) -> bytes:
+    """At most ``limit_bytes`` + 1 bytes of ``path``, which must be a regular file: a FIFO
+    must not block the worker, nor a link to a device feed it for ever. Raises OSError."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise OSError(errno.EINVAL, "not a regular file")
+        with os.fdopen(fd, "rb", closefd=False) as handle:
+            return handle.read(limit_bytes + 1)
+    finally:
+        os.close(fd)
+
+
 def _read_job_file(pointer: Pointer, path: Path, *, where: str) -> dict[str, Any]:
     try:
-        with path.open("rb") as handle:
-            raw = handle.read(JOB_FILE_MAX_BYTES + 1)
+        raw = read_regular_file(path, limit_bytes=JOB_FILE_MAX_BYTES)
     except OSError as error:
         raise _invalid(pointer, f"{where}: cannot read it: {error.strerror}") from None
     if len(raw) > JOB_FILE_MAX_BYTES:
@@ -245,15 +260,25 @@ def make_result(
 
 def read_result_record(pointer: Pointer) -> dict[str, Any] | None:
     """The recorded result of an earlier run of this job, or None (also for a record that is
-    not one: the record is ours, written atomically, so anything else was put there)."""
+    not one - not a regular file, too big, not JSON, nested too deeply, another job's: the
+    record is ours, written atomically, so anything else was put there, and is replaced)."""
+    path = pointer.work_dir / RESULT_FILE
     try:
-        record = state.read_json(pointer.work_dir / RESULT_FILE, repair=False)
-    except RecursionError:
+        raw = read_regular_file(path, limit_bytes=RESULT_FILE_MAX_BYTES)
+        record = json.loads(raw) if len(raw) <= RESULT_FILE_MAX_BYTES else None
+    except FileNotFoundError:
         return None
-    except ConfigError as error:  # unreadable: the job cannot be judged, so it is not run
-        raise _invalid(pointer, f"{RESULT_FILE}: {str(error).split(': ', 1)[-1]}") from None
-    job_id = pointer.job_id
-    if record is None or record.get("id") != job_id or record.get("status") not in STATUSES:
+    except (ValueError, RecursionError):
+        return None
+    except OSError as error:
+        if error.errno == errno.EINVAL and stat.S_ISDIR(os.lstat(path).st_mode):
+            # The record could never be written there: the job would run at every delivery.
+            raise _invalid(pointer, f"{RESULT_FILE} is a directory; remove it to run the job") from None
+        if error.errno in (errno.EINVAL, errno.ELOOP, errno.ENXIO):
+            return None
+        # Unreadable: whether the job already ran cannot be known, so it is not run.
+        raise _invalid(pointer, f"{RESULT_FILE}: cannot read it: {error.strerror}") from None
+    if not isinstance(record, dict) or record.get("id") != pointer.job_id or record.get("status") not in STATUSES:
         return None
     return {key: value for key, value in record.items() if key != "version"}
 
