@@ -726,7 +726,12 @@ def test_a_daemon_started_by_a_step_serves_the_next_step_and_dies_with_the_job(w
     work_dir = make_job(
         root,
         "daemon_job",
-        ["setsid sleep 1000 > /dev/null 2>&1 & echo $! > daemon.pid", "kill -0 $(cat daemon.pid) && echo daemon-up"],
+        [
+            # The daemon writes its own pid once it has left the step's group (setsid may fork).
+            "setsid -f sh -c 'echo $$ > daemon.pid; exec sleep 1000' > /dev/null 2>&1; "
+            "while [ ! -s daemon.pid ]; do sleep 0.01; done",
+            'test "$(cut -d" " -f6 /proc/$(cat daemon.pid)/stat)" = "$(cat daemon.pid)" && echo daemon-up',
+        ],
     )
     publish(mosquitto, pointer("daemon_job", work_dir))
     code, summary, _ = run_worker(worker_env)

@@ -167,9 +167,13 @@ def test_a_child_ignoring_sigterm_is_killed_after_the_grace_period(tmp_path: Pat
 
 
 def test_what_a_child_leaves_behind_dies_with_it_even_a_daemon(tmp_path: Path) -> None:
-    script = f"sleep 1000 & echo $! > {tmp_path}/background; setsid sleep 1000 & echo $! > {tmp_path}/daemon"
+    # The daemon writes its own pid once it has left the group (setsid may fork first).
+    daemon_script = f"echo $$ > {tmp_path}/daemon; exec sleep 1000"
+    script = f"sleep 1000 & echo $! > {tmp_path}/background; setsid -f sh -c '{daemon_script}'; "
+    script += f"while [ ! -s {tmp_path}/daemon ]; do sleep 0.01; done"
     assert processes.run(["sh", "-c", script]).ok
     background, daemon = read_pid(tmp_path / "background"), read_pid(tmp_path / "daemon")
+    assert os.getsid(daemon) == daemon, "the daemon left the child's session and group"
     wait_until(lambda: gone(background) and gone(daemon), what="the background process and the daemon to die")
 
 
