@@ -257,3 +257,14 @@ def test_a_child_that_cannot_be_recorded_is_not_left_running(tmp_path: Path) -> 
     if (tmp_path / "pid").exists():
         pid = int((tmp_path / "pid").read_text())
         wait_until(lambda: gone(pid), what="the unrecorded child to be killed")
+
+
+def test_kept_leftovers_stay_recorded_until_the_caller_forgets_them(tmp_path: Path) -> None:
+    record = processes.GroupRecord(tmp_path / "children.json")
+    tag = processes.new_tag()
+    step = f"sleep 1000 & echo $! > {tmp_path}/daemon"
+    assert processes.run(["sh", "-c", step], tag=tag, keep_leftovers=True, record=record).ok
+    assert record.path.exists(), "a worker killed between two steps must leave the daemon findable"
+    daemon = read_pid(tmp_path / "daemon")
+    assert record.kill_leftovers() == 1
+    wait_until(lambda: gone(daemon), what="the daemon to die")

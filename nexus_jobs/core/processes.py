@@ -139,9 +139,9 @@ def run(
     stdout and stderr instead of capturing them; ``should_stop`` is polled and ends the
     group when it says so; ``service`` is called between polls (keep a connection alive);
     ``record`` is kept naming the child while it runs. Children run with one ``tag`` (from
-    :func:`new_tag`) and ``keep_leftovers`` leave what they start running until the caller
-    calls :func:`sweep` (the steps of one MQTT job share their daemons). Raises
-    :class:`CannotStart`."""
+    :func:`new_tag`) and ``keep_leftovers`` leave what they start running, and the record
+    in place, until the caller calls :func:`sweep` and ``record.forget()`` (the steps of one
+    MQTT job share their daemons). Raises :class:`CannotStart`."""
     tag = tag or new_tag()
     environment = child_environment({**(env or {}), TAG_VARIABLE: tag})
     began = time.monotonic()
@@ -163,12 +163,13 @@ def run(
                 _end_group(process, grace_seconds=grace_seconds, service=service)
         finally:
             # Whatever the child left behind goes with it, also when the caller is interrupted.
-            if not keep_leftovers or ended_by != "":  # "interrupted" while raising
+            swept = not keep_leftovers or ended_by != ""  # "interrupted" while raising
+            if swept:
                 sweep(child)
             if process.poll() is None:
                 process.wait()
-            if record is not None:
-                record.forget()
+            if record is not None and swept:
+                record.forget()  # else the caller forgets it once it has swept the tag
         output = _head(out, capture_limit_bytes) if log is None else ""
         errors = _tail(err, capture_limit_bytes) if log is None else ""
     code = process.returncode

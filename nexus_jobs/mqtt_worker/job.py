@@ -328,6 +328,8 @@ def run_steps(
             return StepsOutcome("success", 0)
         finally:
             processes.sweep(processes.Child(group_id=0, tag=tag))  # daemons do not outlive the job
+            if record is not None:
+                record.forget()
 
 
 def _service(log: JobLog, service: Callable[[], None]) -> None:
