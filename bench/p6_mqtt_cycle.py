@@ -1,4 +1,4 @@
-"""P6 (SPEC 9): the one-shot cycle of mqtt-job-worker versus a bare paho script.
+"""P6: the one-shot cycle of mqtt-job-worker versus a bare paho script (bar: within 2x).
 
 Worker cycle, timed as a whole process: start, connect (persistent session), receive the
 pointer waiting in the broker, run a job whose one step is ``true``, write job.log and the

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -18,7 +19,9 @@ from typing import Any
 import paho.mqtt.client as mqtt
 import pytest
 
+from tests import corpus
 from tests.conftest import assert_clean_failure, free_port, run_cli, script, wait_until
+from tests.corpus import deep_json
 from tests.mosquitto_server import MosquittoServer, make_tls_files
 
 WORKER = "mqtt-job-worker"
@@ -447,8 +450,9 @@ def test_stop_signal_while_waiting_exits_cleanly(worker_env, mosquitto):
     wait_until(lambda: connected in mosquitto.log_path.read_text(), what="the worker to connect")
     waiting.send_signal(signal.SIGTERM)
     stdout, stderr = waiting.communicate(timeout=10)
-    assert waiting.returncode == 0, stderr
-    assert json.loads(stdout)["outcome"] == "stopped"
+    assert waiting.returncode == 143, stderr
+    assert (json.loads(stdout)["outcome"], json.loads(stdout)["exitCode"]) == ("stopped", 143)
+    assert "Traceback" not in stderr
 
 
 def test_first_stop_signal_finishes_the_job_and_a_second_leaves_it_queued(worker_env, mosquitto, results):
@@ -467,7 +471,7 @@ def test_first_stop_signal_finishes_the_job_and_a_second_leaves_it_queued(worker
     assert worker.poll() is None, "the first signal lets the current job finish"
     (finished / "release").touch()
     stdout, stderr = worker.communicate(timeout=20)
-    assert worker.returncode == 0, stderr
+    assert worker.returncode == 143, stderr
     assert json.loads(stdout)["result"]["status"] == "success"
     assert results.wait_for("finished")["status"] == "success"
 
@@ -475,9 +479,9 @@ def test_first_stop_signal_finishes_the_job_and_a_second_leaves_it_queued(worker
     wait_until(lambda: _step_running(abandoned / "job.log"), what="the second job to start")
     worker.send_signal(signal.SIGTERM)
     time.sleep(0.3)
-    worker.send_signal(signal.SIGTERM)
+    worker.send_signal(signal.SIGINT)
     stdout, stderr = worker.communicate(timeout=20)
-    assert worker.returncode == 75, stderr
+    assert worker.returncode == 143, "the first signal decides the exit code"
     assert "stays queued" in stderr and "Traceback" not in stderr
     assert not (abandoned / "done.txt").exists() and "abandoned" not in results.results
     (abandoned / "release").touch()
@@ -521,108 +525,92 @@ def test_mqtts_with_a_private_certificate_authority(clean_env, tmp_path, mosquit
 # --- bad input ---------------------------------------------------------------------------
 
 
-def _outside_dir(root: Path) -> Path:
-    outside = root.parent / "outside"
-    outside.mkdir(exist_ok=True)
-    (outside / "job.json").write_text(json.dumps({"steps": ["touch escaped"]}))
-    return outside
+def prepare(row: dict[str, Any], root: Path) -> bytes:
+    """Make what a corpus row's ``setup`` describes under the jobs root and return its
+    pointer's bytes. Specs: ``raw`` text, ``hex`` bytes, ``json`` (with {root}, {job},
+    {outside} and {pad:N} placeholders), ``deep`` (before + N "[" + N "]" + after)."""
+    setup = row.get("setup", {})
+    places = {"{root}": str(root), "{outside}": str(root.parent / "outside")}
+    if setup.get("outside"):
+        outside = root.parent / "outside"
+        outside.mkdir(exist_ok=True)
+        (outside / "job.json").write_text(json.dumps({"steps": ["touch escaped"]}))
+        (outside / "target.log").write_text("untouched\n")
+    if setup.get("link"):
+        (root / "link").symlink_to(root.parent / "outside")
+    if "job" in setup:
+        work_dir = make_job(root, setup["job"])
+        places["{job}"] = str(work_dir)
+        if "jobJson" in setup:
+            (work_dir / "job.json").write_text(json.dumps(setup["jobJson"]))
+        if "jobText" in setup:
+            (work_dir / "job.json").write_text(setup["jobText"])
+        if "jobDeep" in setup:
+            (work_dir / "job.json").write_text(_deep(setup["jobDeep"]))
+        if setup.get("logLink"):
+            (work_dir / "job.log").symlink_to(root.parent / "outside" / "target.log")
+        if setup.get("logFifo"):
+            os.mkfifo(work_dir / "job.log")
+        if setup.get("jobFifo"):
+            os.mkfifo(work_dir / "job.json")
+        if "resultLink" in setup:
+            (work_dir / "job.result.json").symlink_to(setup["resultLink"])
+        if setup.get("resultFifo"):
+            os.mkfifo(work_dir / "job.result.json")
+        if setup.get("resultDir"):
+            (work_dir / "job.result.json").mkdir()
+        if "resultDeep" in setup:
+            (work_dir / "job.result.json").write_text(deep_json(setup["resultDeep"]))
+    spec = row["pointer"]
+    if "raw" in spec:
+        return str(spec["raw"]).encode()
+    if "hex" in spec:
+        return bytes.fromhex(spec["hex"])
+    if "deep" in spec:
+        return _deep(spec["deep"]).encode()
+    text = json.dumps(spec["json"], ensure_ascii=False)
+    for placeholder, value in places.items():
+        text = text.replace(placeholder, value)
+    if "{pad:" in text:
+        text = re.sub(r"\{pad:(\d+)\}", lambda match: "x" * int(match.group(1)), text)
+    return text.encode()
 
 
-BAD_POINTERS = {
-    "not JSON": lambda root: (b"{not json", None, "not JSON"),
-    "JSON array": lambda root: (b'[{"id": "x", "workDir": "x"}]', None, "not an object"),
-    "missing id": lambda root: (
-        json.dumps({"workDir": str(make_job(root, "anon", ["touch escaped"]))}).encode(),
-        None,
-        "id is missing",
-    ),
-    "id unsafe in a topic": lambda root: (json.dumps({"id": "a/b", "workDir": "x"}).encode(), None, "'a/b'"),
-    "missing workDir": lambda root: (
-        json.dumps({"id": "no_dir", "steps": ["touch escaped"]}).encode(),
-        "no_dir",
-        "no workDir",
-    ),
-    "../ traversal": lambda root: (
-        json.dumps(pointer("dotdot", (_outside_dir(root), "../outside")[1])).encode(),
-        "dotdot",
-        "outside the jobs root",
-    ),
-    "absolute path outside the root": lambda root: (
-        json.dumps(pointer("absolute", _outside_dir(root))).encode(),
-        "absolute",
-        "outside the jobs root",
-    ),
-    "symlink escaping the root": lambda root: (_symlink_pointer(root), "symlinked", "outside the jobs root"),
-    "workDir that does not exist": lambda root: (
-        json.dumps(pointer("missing", root / "nope")).encode(),
-        "missing",
-        "does not exist",
-    ),
-    "no job.json and no steps": lambda root: (
-        json.dumps(pointer("no_steps", make_job(root, "no_steps"))).encode(),
-        "no_steps",
-        "no steps",
-    ),
-    "steps not a list": lambda root: (
-        json.dumps(pointer("str_steps", make_job(root, "str_steps"), steps="touch escaped")).encode(),
-        "str_steps",
-        "non-empty list",
-    ),
-    "job.json steps not a list": lambda root: (_job_file_with_string_steps(root), "file_steps", "non-empty list"),
-    "job.json not JSON": lambda root: (_broken_job_file(root), "broken_file", "invalid JSON"),
-    "job.json env not strings": lambda root: (
-        json.dumps(pointer("bad_env", make_job(root, "bad_env", ["touch escaped"], env={"N": 1}))).encode(),
-        "bad_env",
-        "env must be",
-    ),
-    "job.json negative timeout": lambda root: (
-        json.dumps(pointer("bad_timeout", make_job(root, "bad_timeout", ["touch escaped"], timeout=-1))).encode(),
-        "bad_timeout",
-        "timeout must be",
-    ),
-    "huge payload": lambda root: (json.dumps(pointer("huge", "x", pad="x" * 2_000_000)).encode(), None, "larger than"),
-}
+def _deep(spec: dict[str, Any]) -> str:
+    return spec["before"] + deep_json(spec["depth"]) + spec["after"]
 
 
-def _symlink_pointer(root: Path) -> bytes:
-    (root / "link").symlink_to(_outside_dir(root))
-    return json.dumps(pointer("symlinked", root / "link")).encode()
-
-
-def _job_file_with_string_steps(root: Path) -> bytes:
-    work_dir = make_job(root, "file_steps")
-    (work_dir / "job.json").write_text(json.dumps({"steps": "touch escaped"}))
-    return json.dumps(pointer("file_steps", work_dir)).encode()
-
-
-def _broken_job_file(root: Path) -> bytes:
-    work_dir = make_job(root, "broken_file")
-    (work_dir / "job.json").write_text('{"steps": [')
-    return json.dumps(pointer("broken_file", work_dir, steps=["touch escaped"])).encode()
-
-
-@pytest.mark.parametrize("case", sorted(BAD_POINTERS))
-def test_bad_pointer_is_reported_acknowledged_and_never_crashes(case, worker_env, mosquitto, results):
+@pytest.mark.parametrize("row", corpus.cases(WORKER))
+def test_bad_input_corpus(row, worker_env, mosquitto, results):
+    """Every case: one clear line, the documented exit code, the controller told when the id
+    is known, the pointer acknowledged, and the job behind it runs."""
     root = Path(worker_env["JOBS_ROOT"])
     register(worker_env)
-    payload, job_id, reason = BAD_POINTERS[case](root)
-    publish(mosquitto, payload)
+    publish(mosquitto, prepare(row, root))
     good = make_job(root, "good_after_bad", ["echo fine"])
     publish(mosquitto, pointer("good_after_bad", good))
 
     code, summary, stderr = run_worker(worker_env)
-    assert (code, summary["outcome"]) == (0, "invalid pointer")
-    assert len(stderr.strip().splitlines()) == 1 and reason in stderr, stderr
-    if job_id is not None:
-        result = results.wait_for(job_id)
+    assert code == row["exit"], stderr
+    if row["check"] == "runs":
+        assert summary["result"]["status"] == "success", stderr
+        assert (root / "active_jobs" / row["setup"]["job"] / "runs.txt").read_text() == "ran\n"
+    else:
+        assert summary["outcome"] == "invalid pointer", stderr
+        assert len(stderr.strip().splitlines()) == 1 and row["message"] in stderr, stderr
+    if row["check"] == "error-result":
+        result = results.wait_for(row["jobId"])
         assert (result["status"], result["exitCode"]) == ("error", None)
-        assert reason in result["error"]
-    # Nothing ran anywhere, and the bad pointer was acknowledged: the next start takes the next one.
+        assert row["message"] in result["error"]
+    # Nothing ran anywhere, nothing outside the root changed, and the bad pointer was
+    # acknowledged: the next start takes the next one.
     assert not list(root.parent.rglob("escaped"))
+    if (root.parent / "outside" / "target.log").exists():
+        assert (root.parent / "outside" / "target.log").read_text() == "untouched\n"
     code, summary, _ = run_worker(worker_env)
     assert (code, summary["result"]["id"]) == (0, "good_after_bad")
     results.wait_for("good_after_bad")
-    if job_id is None:
+    if row["check"] == "dropped":
         assert set(results.results) == {"good_after_bad"}
 
 
@@ -707,3 +695,87 @@ def test_credentials_never_reach_logs_json_or_steps(clean_env, tmp_path, mosquit
     assert secret not in completed.stdout + completed.stderr
     assert secret not in (work_dir / "env.txt").read_text()
     assert "JOB_ID=authed" in (work_dir / "env.txt").read_text()
+
+
+# --- children: environment, leftovers, job.log cap -----------------------------------------
+
+
+def test_steps_get_no_secret_of_any_command_but_what_the_job_passes(worker_env, mosquitto, results):
+    root = Path(worker_env["JOBS_ROOT"])
+    env = dict(
+        worker_env,
+        NEXUS_API_KEY="nexus-key-1234",
+        OPENCLAW_HOOKS_TOKEN="hooks-token-1234",
+        BSNEXUS_WORKER_TOKEN="worker-token-1234",
+        BSNEXUS_REDIS_URL="redis://:redis-pass-1234@127.0.0.1:6379",
+        OPERATOR_SETTING="kept",
+    )
+    register(env)
+    work_dir = make_job(root, "env_job", ["env > env.txt"], env={"FROM_JOB": "passed"})
+    publish(mosquitto, pointer("env_job", work_dir))
+    code, summary, _ = run_worker(env)
+    assert (code, summary["result"]["status"]) == (0, "success")
+    seen = (work_dir / "env.txt").read_text()
+    assert "1234" not in seen
+    assert "OPERATOR_SETTING=kept" in seen and "FROM_JOB=passed" in seen and "JOB_ID=env_job" in seen
+
+
+def test_a_daemon_started_by_a_step_serves_the_next_step_and_dies_with_the_job(worker_env, mosquitto, results):
+    root = Path(worker_env["JOBS_ROOT"])
+    register(worker_env)
+    work_dir = make_job(
+        root,
+        "daemon_job",
+        [
+            # The daemon writes its own pid once it has left the step's group (setsid may fork).
+            "setsid -f sh -c 'echo $$ > daemon.pid; exec sleep 1000' > /dev/null 2>&1; "
+            "while [ ! -s daemon.pid ]; do sleep 0.01; done",
+            'test "$(cut -d" " -f6 /proc/$(cat daemon.pid)/stat)" = "$(cat daemon.pid)" && echo daemon-up',
+        ],
+    )
+    publish(mosquitto, pointer("daemon_job", work_dir))
+    code, summary, _ = run_worker(worker_env)
+    assert (code, summary["result"]["status"]) == (0, "success")
+    assert "daemon-up" in (work_dir / "job.log").read_text()
+    daemon = int((work_dir / "daemon.pid").read_text())
+    wait_until(lambda: not _alive(daemon), deadline_seconds=5, what="the job's daemon to be killed")
+
+
+def test_job_log_is_capped_with_a_marker_and_the_steps_go_on(worker_env, mosquitto, results):
+    root = Path(worker_env["JOBS_ROOT"])
+    env = dict(worker_env, JOB_LOG_MAX_BYTES="4096")
+    register(env)
+    work_dir = make_job(root, "chatty", ["head -c 3000000 /dev/zero | tr '\\0' x; echo", "echo second-step > done.txt"])
+    publish(mosquitto, pointer("chatty", work_dir))
+    code, summary, _ = run_worker(env)
+    assert (code, summary["result"]["status"]) == (0, "success")
+    assert (work_dir / "done.txt").read_text() == "second-step\n"
+    log_text = (work_dir / "job.log").read_text()
+    assert len(log_text) < 4096 + 2000
+    assert "job.log cap of 4096 bytes reached" in log_text
+    assert "=== step 2/2 exited with 0" in log_text and "bytes of output discarded" in log_text
+
+
+def test_a_killed_workers_leftovers_die_before_its_successor_runs_anything(worker_env, mosquitto, results):
+    root = Path(worker_env["JOBS_ROOT"])
+    register(worker_env)
+    step = (
+        # A zombie counts as gone: it has ended and waits for its reaper only.
+        "if [ -f attempted ]; then s=$(cut -d')' -f2 /proc/$(cat leftover.pid)/stat 2>/dev/null | cut -c2); "
+        'if [ -n "$s" ] && [ "$s" != Z ]; then echo alive; else echo gone; fi > seen.txt; exit 0; fi; '
+        "touch attempted; "
+        "sleep 1000 & echo $! > leftover.pid; echo $$ > shell.pid; echo step-is-running; wait"
+    )
+    work_dir = make_job(root, "orphaning", [step])
+    publish(mosquitto, pointer("orphaning", work_dir))
+    first = start_worker(worker_env)
+    wait_until(lambda: _step_running(work_dir / "job.log"), what="the step to run")
+    first.send_signal(signal.SIGKILL)
+    first.communicate(timeout=10)
+    shell, leftover = int((work_dir / "shell.pid").read_text()), int((work_dir / "leftover.pid").read_text())
+    wait_until(lambda: not _alive(shell), deadline_seconds=5, what="the step's shell to die with its worker")
+    code, summary, stderr = run_worker(worker_env, "-v")
+    assert (code, summary["result"]["status"]) == (0, "success"), stderr
+    assert "a previous run of this worker left running" in stderr
+    assert (work_dir / "seen.txt").read_text() == "gone\n"
+    assert not _alive(leftover)

@@ -167,9 +167,13 @@ def test_a_child_ignoring_sigterm_is_killed_after_the_grace_period(tmp_path: Pat
 
 
 def test_what_a_child_leaves_behind_dies_with_it_even_a_daemon(tmp_path: Path) -> None:
-    script = f"sleep 1000 & echo $! > {tmp_path}/background; setsid sleep 1000 & echo $! > {tmp_path}/daemon"
+    # The daemon writes its own pid once it has left the group (setsid may fork first).
+    daemon_script = f"echo $$ > {tmp_path}/daemon; exec sleep 1000"
+    script = f"sleep 1000 & echo $! > {tmp_path}/background; setsid -f sh -c '{daemon_script}'; "
+    script += f"while [ ! -s {tmp_path}/daemon ]; do sleep 0.01; done"
     assert processes.run(["sh", "-c", script]).ok
     background, daemon = read_pid(tmp_path / "background"), read_pid(tmp_path / "daemon")
+    assert os.getsid(daemon) == daemon, "the daemon left the child's session and group"
     wait_until(lambda: gone(background) and gone(daemon), what="the background process and the daemon to die")
 
 
@@ -244,3 +248,23 @@ def test_sigint_first_reports_130() -> None:
         os.kill(os.getpid(), signal.SIGINT)
         wait_until(lambda: signals.requested, what="the signal")
         assert signals.exit_code == Exit.INTERRUPTED == 130
+
+
+def test_a_child_that_cannot_be_recorded_is_not_left_running(tmp_path: Path) -> None:
+    record = processes.GroupRecord(tmp_path / "no-such-directory" / "children.json")
+    with pytest.raises(processes.CannotStart, match="cannot record the child"):
+        processes.run(["sh", "-c", f"echo $$ > {tmp_path}/pid; exec sleep 1000"], record=record)
+    if (tmp_path / "pid").exists():
+        pid = int((tmp_path / "pid").read_text())
+        wait_until(lambda: gone(pid), what="the unrecorded child to be killed")
+
+
+def test_kept_leftovers_stay_recorded_until_the_caller_forgets_them(tmp_path: Path) -> None:
+    record = processes.GroupRecord(tmp_path / "children.json")
+    tag = processes.new_tag()
+    step = f"sleep 1000 & echo $! > {tmp_path}/daemon"
+    assert processes.run(["sh", "-c", step], tag=tag, keep_leftovers=True, record=record).ok
+    assert record.path.exists(), "a worker killed between two steps must leave the daemon findable"
+    daemon = read_pid(tmp_path / "daemon")
+    assert record.kill_leftovers() == 1
+    wait_until(lambda: gone(daemon), what="the daemon to die")

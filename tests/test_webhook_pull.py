@@ -9,7 +9,8 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import assert_clean_failure, run_cli
+from tests import corpus
+from tests.conftest import assert_clean_failure, run_cli, wait_until
 from tests.nexus_webhooks_double import API_KEY, HOOKS_TOKEN, GatewayDouble, NexusWebhooksDouble
 
 PROG = "nexus-webhook-pull"
@@ -426,3 +427,108 @@ def test_state_is_pruned_after_the_retention_period(make: Any, nexus_webhooks: N
     assert kept["malformed"] == {}
     assert nexus_webhooks.acknowledged == ["recent"], "a remembered id is acknowledged again"
     assert not (setup.workspaces["main"] / "inbox").exists(), "... and not delivered a second time"
+
+
+# --- the bad-input corpus and the delivery command's children ---------------------------------
+
+
+def _answer_bytes(spec: dict[str, Any]) -> bytes:
+    if "raw" in spec:
+        return str(spec["raw"]).encode()
+    if "hex" in spec:
+        return bytes.fromhex(spec["hex"])
+    deep = spec["deep"]
+    return (deep["before"] + corpus.deep_json(deep["depth"]) + deep["after"]).encode()
+
+
+@pytest.mark.parametrize("row", corpus.cases(PROG))
+def test_bad_input_corpus(
+    row: dict[str, Any], make: Any, nexus_webhooks: NexusWebhooksDouble, gateway: GatewayDouble
+) -> None:
+    """Every case: the documented exit code and a clear line, no traceback, nothing lost (the
+    bad item delivered or dead-lettered, or still pending), and the item behind it delivered."""
+    delivery = row.get("delivery", ["inbox"])
+    options: dict[str, Any] = {"delivery": delivery, "gatewayUrl": gateway.url}
+    if "command" in delivery:
+        options["command"] = row.get("command", ["sh", "-c", "cat > /dev/null"])
+    if "maxDeliveryAttempts" in row:
+        options["maxDeliveryAttempts"] = row["maxDeliveryAttempts"]
+    setup = make(endpoint=None if "embedded" in row else nexus_webhooks.url, **options)
+    if "embedded" in row:
+        pending = setup.state_dir / "nexus-store" / "webhook" / "pending" / "main"
+        pending.mkdir(parents=True)
+        for name, spec in row["embedded"].items():
+            (pending / name).write_bytes(_answer_bytes(spec))
+        (pending / "later-1.json").write_text(json.dumps(item("later-1")))
+    else:
+        if "answer" in row:
+            nexus_webhooks.fail("GET /webhook/pending", 200, _answer_bytes(row["answer"]), times=1)
+        nexus_webhooks.add("main", *row.get("items", []), item("later-1"))
+
+    result = setup.run()
+    assert result.returncode == row["exit"], result.stderr
+    assert "Traceback" not in result.stderr and row["message"] in result.stderr, result.stderr
+    if row["check"] == "nothing-lost":
+        assert nexus_webhooks.acknowledged == [] and not (setup.workspaces["main"] / "inbox").exists()
+        result = setup.run()  # the backend answers properly again
+        assert result.returncode == 0, result.stderr
+    if "inbox" in delivery:
+        assert "putio_later-1.json" in setup.inbox()
+    if "embedded" not in row:
+        assert "later-1" in nexus_webhooks.acknowledged
+        for acknowledged in row.get("acknowledged", []):
+            assert acknowledged in nexus_webhooks.acknowledged
+    if row["check"] == "dead-lettered":
+        assert len(setup.dead_letters()) == 1
+    if "idempotencyKey" in row:
+        assert gateway.hooks()[0].headers["Idempotency-Key"] == row["idempotencyKey"]
+    if row["check"] == "redacted":
+        stored = "".join(path.read_text() for path in setup.state_dir.glob("webhook-pull*.json"))
+        assert "exited with 3" in stored and "***" in stored
+        assert API_KEY not in stored + result.stderr and HOOKS_TOKEN not in stored + result.stderr
+
+
+def test_the_delivery_command_sees_no_secret(make: Any, nexus_webhooks: NexusWebhooksDouble, tmp_path: Path) -> None:
+    seen = tmp_path / "env.txt"
+    setup = make(
+        endpoint=nexus_webhooks.url, delivery=["command"], command=["sh", "-c", f"cat > /dev/null; env > {seen}"]
+    )
+    setup.env.update(BSNEXUS_WORKER_TOKEN="worker-token-1234", MQTT_URL="mqtt://u:mqtt-pass-1234@broker", KEPT="yes")
+    nexus_webhooks.add("main", item("env-1"))
+    assert_quiet_success(setup.run())
+    text = seen.read_text()
+    assert API_KEY not in text and HOOKS_TOKEN not in text and "1234" not in text
+    assert "KEPT=yes" in text and "NEXUS_WEBHOOK_ID=env-1" in text and "NEXUS_WEBHOOK_AGENT_ID=main" in text
+
+
+def test_a_command_timeout_kills_what_it_started(
+    make: Any, nexus_webhooks: NexusWebhooksDouble, tmp_path: Path
+) -> None:
+    pid_file = tmp_path / "background.pid"
+    script = f"cat > /dev/null; sleep 1000 & echo $! > {pid_file}; wait"
+    setup = make(
+        endpoint=nexus_webhooks.url, delivery=["command"], command=["sh", "-c", script], commandTimeoutSeconds=1
+    )
+    nexus_webhooks.add("main", item("slow-1"))
+    result = setup.run()
+    assert result.returncode == 1 and "timed out after 1s" in result.stderr, result.stderr
+    background = int(pid_file.read_text())
+    wait_until(
+        lambda: not Path(f"/proc/{background}").exists() or _zombie(background), what="the command's child to die"
+    )
+
+
+def _zombie(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
+    except (OSError, IndexError):
+        return True
+
+
+def test_backend_down_is_asked_once_not_once_per_agent(make: Any, nexus_webhooks: NexusWebhooksDouble) -> None:
+    setup = make(endpoint=nexus_webhooks.url, agents=("a1", "a2", "a3", "a4", "a5"))
+    nexus_webhooks.fail("GET /webhook/pending", 503, b'{"error": "down"}', times=None)
+    result = setup.run()
+    assert_clean_failure(result, 69)
+    assert "4 other agent(s) not asked this run" in result.stderr
+    assert len(nexus_webhooks.made("GET", "/webhook/pending")) == 1

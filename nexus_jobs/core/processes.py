@@ -95,7 +95,8 @@ class GroupRecord:
         os.replace(temporary, self.path)
 
     def forget(self) -> None:
-        with contextlib.suppress(FileNotFoundError):
+        # A record that cannot be removed is harmless: it names processes by their tag.
+        with contextlib.suppress(OSError):
             self.path.unlink()
 
     def kill_leftovers(self) -> int:
@@ -111,9 +112,10 @@ class GroupRecord:
         except (OSError, ValueError, KeyError, TypeError, RecursionError):
             self.forget()  # unreadable: nothing can be identified safely
             return 0
-        killed = sweep(child) if same_boot and child.tag else 0
+        killed = _sweep(child) if same_boot and child.tag else []
+        _wait_gone(killed, deadline=time.monotonic() + KILL_GRACE_SECONDS)  # gone before anything runs
         self.forget()
-        return killed
+        return len(killed)
 
 
 def run(
@@ -137,9 +139,9 @@ def run(
     stdout and stderr instead of capturing them; ``should_stop`` is polled and ends the
     group when it says so; ``service`` is called between polls (keep a connection alive);
     ``record`` is kept naming the child while it runs. Children run with one ``tag`` (from
-    :func:`new_tag`) and ``keep_leftovers`` leave what they start running until the caller
-    calls :func:`sweep` (the steps of one MQTT job share their daemons). Raises
-    :class:`CannotStart`."""
+    :func:`new_tag`) and ``keep_leftovers`` leave what they start running, and the record
+    in place, until the caller calls :func:`sweep` and ``record.forget()`` (the steps of one
+    MQTT job share their daemons). Raises :class:`CannotStart`."""
     tag = tag or new_tag()
     environment = child_environment({**(env or {}), TAG_VARIABLE: tag})
     began = time.monotonic()
@@ -155,23 +157,31 @@ def run(
         ended_by = "interrupted"
         try:
             if record is not None:
-                record.remember(child)
+                _remember(record, child)
             ended_by = _wait(process, stdin, deadline=deadline, should_stop=should_stop, service=service)
             if ended_by:
                 _end_group(process, grace_seconds=grace_seconds, service=service)
         finally:
             # Whatever the child left behind goes with it, also when the caller is interrupted.
-            if not keep_leftovers or ended_by != "":  # "interrupted" while raising
+            swept = not keep_leftovers or ended_by != ""  # "interrupted" while raising
+            if swept:
                 sweep(child)
             if process.poll() is None:
                 process.wait()
-            if record is not None:
-                record.forget()
+            if record is not None and swept:
+                record.forget()  # else the caller forgets it once it has swept the tag
         output = _head(out, capture_limit_bytes) if log is None else ""
         errors = _tail(err, capture_limit_bytes) if log is None else ""
     code = process.returncode
     exit_code = TIMEOUT_EXIT_CODE if ended_by == TIMEOUT else (code if code >= 0 else 128 - code)
     return Finished(exit_code, ended_by, output, errors, time.monotonic() - began)
+
+
+def _remember(record: GroupRecord, child: Child) -> None:
+    try:
+        record.remember(child)
+    except OSError as error:  # a full disk, say: better not run what could not be recorded
+        raise CannotStart(f"cannot record the child in {record.path}: {error.strerror or error}") from None
 
 
 def new_tag() -> str:
@@ -280,6 +290,10 @@ def sweep(child: Child) -> int:
     """SIGKILL the child's process group and every process carrying its tag (a daemon that
     left the group with setsid still carries it). Returns how many tagged processes there
     were (looked up before the group is killed: a killed process shows no environment)."""
+    return len(_sweep(child))
+
+
+def _sweep(child: Child) -> list[int]:
     marker = f"{TAG_VARIABLE}={child.tag}".encode()
     tagged = []
     for pid in _own_processes():
@@ -293,7 +307,20 @@ def sweep(child: Child) -> int:
     for pid in tagged:
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.kill(pid, signal.SIGKILL)
-    return len(tagged)
+    return tagged
+
+
+def _wait_gone(pids: list[int], *, deadline: float) -> None:
+    """Wait until the processes have ended (a zombie has: it only waits for its reaper)."""
+    for pid in pids:
+        while time.monotonic() < deadline:
+            try:
+                with open(f"/proc/{pid}/stat", "rb") as handle:
+                    if handle.read().rsplit(b")", 1)[1].split()[0] == b"Z":
+                        break
+            except (OSError, IndexError):
+                break
+            time.sleep(0.01)
 
 
 def _own_processes() -> list[int]:

@@ -10,32 +10,30 @@ has acknowledged it; a worker killed mid-job gets the pointer again at its next 
 
 Nothing is run twice: a result record in the workDir, written before publishing, turns a
 redelivered finished job into a re-publication of its result, and a lock file in the workDir
-keeps two workers from running one job.
+keeps two workers from running one job. The contract is ``docs/mqtt.md``.
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
-import os
-import signal
+import re
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
 from ..cli import frame as cli
-from ..core import state
-from ..core.errors import JobError, TransientError
+from ..core import processes, state
+from ..core.errors import ConfigError, JobError, TransientError
 from ..core.exits import Exit
-from . import job as mqtt_jobs
+from ..core.stopping import StopSignals
+from . import job
 from .broker import WAIT_SLICE_SECONDS, BrokerSession
+from .joblog import JobLogRefused
 from .settings import OPTIONS, PROG, Settings, load_settings
 
 log = logging.getLogger("nexus_jobs.mqtt_worker")
-
-# Variables of the worker that the job's steps must not inherit.
-PRIVATE_ENV = ("MQTT_URL", "MQTT_USERNAME", "MQTT_PASSWORD")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -49,19 +47,37 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
+    """One cycle. Exit 0 when a job's result was published or no job came; 143 (SIGTERM) or
+    130 (SIGINT) when a stop signal came, whether the job was finished first or not."""
     started = state.now_utc()
     settings = load_settings(args)
+    signals = StopSignals()
     try:
-        outcome, result = work(settings)
+        with signals:
+            outcome, result = work(settings, signals)
     except JobError as error:
+        exit_code = signals.exit_code or error.exit_code
         if args.json:
             cli.print_json(
-                _summary(settings, started, outcome="error", result=None, exit_code=error.exit_code, message=str(error))
+                _summary(settings, started, outcome="error", result=None, exit_code=exit_code, message=str(error))
             )
+        if signals.exit_code is not None:
+            raise Stopped(str(error), exit_code) from None
         raise
+    exit_code = signals.exit_code or Exit.OK
     if args.json:
-        cli.print_json(_summary(settings, started, outcome=outcome, result=result, exit_code=Exit.OK))
-    return Exit.OK
+        cli.print_json(_summary(settings, started, outcome=outcome, result=result, exit_code=exit_code))
+    if exit_code != Exit.OK:
+        log.info("stopped by %s", signals.name)
+    return exit_code
+
+
+class Stopped(JobError):
+    """A stop signal ended the run early: its exit code is the signal's (130 or 143)."""
+
+    def __init__(self, message: str, exit_code: Exit) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
 
 
 def _summary(
@@ -88,11 +104,15 @@ def _summary(
 # --- the one-shot flow ----------------------------------------------------------------
 
 
-def work(settings: Settings) -> tuple[str, dict[str, Any] | None]:
-    """Connect, take one pointer, handle it, disconnect. Returns how the run ended (one of
-    the named ways out) and the result published, if any."""
-    signals = StopSignals()
-    signals.install()
+def work(settings: Settings, signals: StopSignals) -> tuple[str, dict[str, Any] | None]:
+    """Kill what a killed predecessor left running, connect, take one pointer, handle it,
+    disconnect. Returns how the run ended (one of the named ways out) and the result
+    published, if any."""
+    record = children_record(settings)
+    if record is not None:
+        killed = record.kill_leftovers()
+        if killed:
+            log.warning("killed %d process(es) a previous run of this worker left running", killed)
     session = BrokerSession(settings)
     session.open()
     try:
@@ -103,9 +123,22 @@ def work(settings: Settings) -> tuple[str, dict[str, Any] | None]:
                 return "stopped", None
             log.info("no job came within %g s", settings.wait_timeout_seconds)
             return "no job", None
-        return handle(message, session=session, settings=settings, signals=signals)
+        return handle(message, session=session, settings=settings, signals=signals, record=record)
     finally:
         session.close()
+
+
+def children_record(settings: Settings) -> processes.GroupRecord | None:
+    """Where this worker notes the step it runs, in its local state directory, so that its
+    next start can kill what a killed run left (``docs/child-processes.md``). Without a
+    writable state directory the steps still die with the worker; their children may not."""
+    try:
+        state.ensure_directory(settings.state_dir)
+    except ConfigError as error:
+        log.warning("%s; a step's children may outlive a killed worker", error)
+        return None
+    name = re.sub(r"[^A-Za-z0-9._-]", "_", settings.worker_id)
+    return processes.GroupRecord(settings.state_dir / f"{PROG}.{name}.children.json")
 
 
 def receive(session: BrokerSession, *, settings: Settings, signals: StopSignals) -> Any:
@@ -124,16 +157,21 @@ def receive(session: BrokerSession, *, settings: Settings, signals: StopSignals)
 
 
 def handle(
-    message: Any, *, session: BrokerSession, settings: Settings, signals: StopSignals
+    message: Any,
+    *,
+    session: BrokerSession,
+    settings: Settings,
+    signals: StopSignals,
+    record: processes.GroupRecord | None,
 ) -> tuple[str, dict[str, Any] | None]:
     started_at = state.isoformat(state.now_utc())
     try:
-        pointer = mqtt_jobs.parse_pointer(message.payload, jobs_root=settings.jobs_root)
-    except mqtt_jobs.InvalidPointer as problem:
+        pointer = job.parse_pointer(message.payload, jobs_root=settings.jobs_root)
+    except job.InvalidPointer as problem:
         return reject(problem, message=message, session=session, settings=settings, started_at=started_at)
     try:
         with hold_job_lock(pointer, session=session, signals=signals):
-            recorded = mqtt_jobs.read_result_record(pointer.work_dir, job_id=pointer.job_id)
+            recorded = job.read_result_record(pointer)
             if recorded is not None:
                 log.info(
                     "job %s already finished (%s): re-publishing its recorded result",
@@ -144,17 +182,24 @@ def handle(
             else:
                 outcome, result = (
                     "ran",
-                    execute(pointer, session=session, settings=settings, signals=signals, started_at=started_at),
+                    execute(
+                        pointer,
+                        session=session,
+                        settings=settings,
+                        signals=signals,
+                        record=record,
+                        started_at=started_at,
+                    ),
                 )
             report(session, settings=settings, result=result)
             acknowledge(session, message)
             return outcome, result
-    except mqtt_jobs.InvalidPointer as problem:
+    except job.InvalidPointer as problem:
         return reject(problem, message=message, session=session, settings=settings, started_at=started_at)
 
 
 def reject(
-    problem: mqtt_jobs.InvalidPointer, *, message: Any, session: BrokerSession, settings: Settings, started_at: str
+    problem: job.InvalidPointer, *, message: Any, session: BrokerSession, settings: Settings, started_at: str
 ) -> tuple[str, dict[str, Any] | None]:
     """An invalid pointer: an ``error`` result when its id is known, then acknowledged."""
     result = None
@@ -162,7 +207,7 @@ def reject(
         log.warning("invalid pointer dropped (no usable id): %s", problem)
     else:
         log.warning("job %s: invalid pointer: %s", problem.job_id, problem)
-        result = mqtt_jobs.make_result(
+        result = job.make_result(
             job_id=problem.job_id,
             status="error",
             log_file=problem.log_file,
@@ -177,12 +222,12 @@ def reject(
 
 
 @contextmanager
-def hold_job_lock(pointer: mqtt_jobs.Pointer, *, session: BrokerSession, signals: StopSignals) -> Iterator[None]:
+def hold_job_lock(pointer: job.Pointer, *, session: BrokerSession, signals: StopSignals) -> Iterator[None]:
     """The workDir's lock, waited for (keeping the broker connection alive) when another
     worker is running this job: afterwards its recorded result is simply re-published."""
     import filelock
 
-    lock = filelock.FileLock(str(pointer.work_dir / mqtt_jobs.LOCK_FILE), timeout=0)
+    lock = filelock.FileLock(str(pointer.work_dir / job.LOCK_FILE), timeout=0)
     announced = False
     while True:
         try:
@@ -198,7 +243,7 @@ def hold_job_lock(pointer: mqtt_jobs.Pointer, *, session: BrokerSession, signals
                 ) from None
             session.service(WAIT_SLICE_SECONDS)
         except OSError as error:
-            raise mqtt_jobs.InvalidPointer(
+            raise job.InvalidPointer(
                 f"workDir is not writable: {error.strerror}", job_id=pointer.job_id, log_file=pointer.log_file
             ) from None
     try:
@@ -208,11 +253,17 @@ def hold_job_lock(pointer: mqtt_jobs.Pointer, *, session: BrokerSession, signals
 
 
 def execute(
-    pointer: mqtt_jobs.Pointer, *, session: BrokerSession, settings: Settings, signals: StopSignals, started_at: str
+    pointer: job.Pointer,
+    *,
+    session: BrokerSession,
+    settings: Settings,
+    signals: StopSignals,
+    record: processes.GroupRecord | None,
+    started_at: str,
 ) -> dict[str, Any]:
     """Run the job's steps and record the result in the workDir (before it is published)."""
-    definition = mqtt_jobs.load_definition(pointer, default_timeout_seconds=settings.job_timeout_seconds)
-    rerun = (pointer.work_dir / mqtt_jobs.LOG_FILE).exists()
+    definition = job.load_definition(pointer, default_timeout_seconds=settings.job_timeout_seconds)
+    rerun = (pointer.work_dir / job.LOG_FILE).exists()
     header = (
         f"=== job {pointer.job_id} started {started_at} by {settings.worker_id}: {len(definition.steps)} "
         f"step(s) from {definition.source}, timeout {definition.timeout_seconds:g} s"
@@ -220,26 +271,28 @@ def execute(
     if rerun:
         header += " (an earlier run did not finish: running the steps again)"
     log.info("job %s: running %d step(s) in %s", pointer.job_id, len(definition.steps), pointer.work_dir)
-    base_env = {key: value for key, value in os.environ.items() if key not in PRIVATE_ENV}
-    base_env.update(JOB_ID=pointer.job_id, JOB_WORK_DIR=str(pointer.work_dir))
+    # The steps get the worker's environment without its secrets (core.secrets), plus these.
+    passed = {"JOB_ID": pointer.job_id, "JOB_WORK_DIR": str(pointer.work_dir), **definition.env}
     try:
-        outcome = mqtt_jobs.run_steps(
-            definition,
+        outcome = job.run_steps(
+            job.JobDefinition(definition.steps, passed, definition.timeout_seconds, definition.source),
             work_dir=pointer.work_dir,
             header=header,
-            base_env=base_env,
+            log_max_bytes=settings.job_log_max_bytes,
+            record=record,
             service=lambda: session.service(0),
             stop_now=lambda: signals.now,
         )
-    except mqtt_jobs.JobAbandoned:
+    except job.JobAbandoned:
         raise TransientError(
             f"stopped by a second signal: job {pointer.job_id} was killed and stays queued for the next start"
         ) from None
-    except OSError as error:
-        raise mqtt_jobs.InvalidPointer(
-            f"cannot run the job: {error.strerror or error}", job_id=pointer.job_id, log_file=pointer.log_file
+    except (OSError, JobLogRefused, processes.CannotStart) as error:
+        reason = getattr(error, "strerror", None) or str(error)
+        raise job.InvalidPointer(
+            f"cannot run the job: {reason}", job_id=pointer.job_id, log_file=pointer.log_file
         ) from None
-    result = mqtt_jobs.make_result(
+    result = job.make_result(
         job_id=pointer.job_id,
         status=outcome.status,
         log_file=pointer.log_file,
@@ -249,7 +302,7 @@ def execute(
         error=outcome.error,
     )
     try:
-        mqtt_jobs.write_result_record(pointer.work_dir, result)
+        job.write_result_record(pointer.work_dir, result)
     except OSError as error:
         # Without the record a redelivery would run the job again: better not to report it.
         raise TransientError(
@@ -269,29 +322,3 @@ def report(session: BrokerSession, *, settings: Settings, result: dict[str, Any]
 def acknowledge(session: BrokerSession, message: Any) -> None:
     """Only now may the broker forget the pointer."""
     session.ack(message)
-
-
-# --- signals and the broker session ---------------------------------------------------
-
-
-class StopSignals:
-    """SIGTERM/SIGINT only set flags: the first finishes the current job (or stops waiting
-    for one), a second stops now, leaving the job queued."""
-
-    def __init__(self) -> None:
-        self.count = 0
-
-    def install(self) -> None:
-        for number in (signal.SIGTERM, signal.SIGINT):
-            signal.signal(number, self._handle)
-
-    def _handle(self, signum: int, frame: object) -> None:
-        self.count += 1
-
-    @property
-    def requested(self) -> bool:
-        return self.count >= 1
-
-    @property
-    def now(self) -> bool:
-        return self.count >= 2

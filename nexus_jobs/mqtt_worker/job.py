@@ -1,25 +1,29 @@
-"""One job of ``mqtt-job-worker``: the pointer, the workDir, the steps, the result record.
+"""One build job of ``mqtt-job-worker``: the pointer, the workDir, the steps, the result
+record (the contract is ``docs/mqtt.md``). Steps run through the project's one child-process
+runner (``core.processes``).
 
 Nothing here talks to MQTT: the worker hands in a ``service`` callback that keeps the broker
 connection alive while steps run, and a ``stop_now`` predicate for the second stop signal.
+Everything here comes from the controller and the shared drive, so everything is checked:
+size, JSON nesting, types, where paths lead.
 """
 
 from __future__ import annotations
 
-import contextlib
+import errno
 import functools
 import json
 import os
 import re
-import signal
-import subprocess
+import stat
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any, TypeGuard
 
-from ..core import state
+from ..core import processes, state
+from .joblog import JobLog
 
 JOB_FILE = "job.json"
 LOG_FILE = "job.log"
@@ -29,12 +33,10 @@ LOCK_FILE = "job.lock"
 # A pointer names a directory; anything bigger than this is not a pointer.
 POINTER_MAX_BYTES = 64 * 1024
 JOB_FILE_MAX_BYTES = 1024 * 1024
+RESULT_FILE_MAX_BYTES = 1024 * 1024
 # The id becomes an MQTT topic level and appears in file names: no '/', '+', '#' or spaces.
 JOB_ID_PATTERN = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._:@-]{0,199}")
 ENV_NAME_PATTERN = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
-KILL_GRACE_SECONDS = 5.0
-TIMEOUT_EXIT_CODE = 124  # what timeout(1) reports
-PROCESS_POLL_SECONDS = 0.25
 
 STATUSES = ("success", "failure", "error", "timeout")
 
@@ -84,10 +86,15 @@ def parse_pointer(payload: bytes, *, jobs_root: Path) -> Pointer:
         message = json.loads(payload)
     except (ValueError, UnicodeDecodeError) as error:
         raise InvalidPointer(f"pointer is not JSON: {str(error)[:80]}") from None
+    except RecursionError:
+        job_id = _shallow_id(payload)
+        raise InvalidPointer(
+            "pointer is nested too deeply to be a pointer", job_id=job_id if _is_job_id(job_id) else None
+        ) from None
     if not isinstance(message, dict):
         raise InvalidPointer(f"pointer is a JSON {type(message).__name__}, not an object")
     job_id = message.get("id")
-    if not isinstance(job_id, str) or not JOB_ID_PATTERN.fullmatch(job_id):
+    if not _is_job_id(job_id):
         shown = "missing" if job_id is None else repr(job_id)[:60]
         raise InvalidPointer(f"pointer id is {shown}: expected letters, digits and . _ : @ - (at most 200)")
     work_dir_text = message.get("workDir")
@@ -100,6 +107,42 @@ def parse_pointer(payload: bytes, *, jobs_root: Path) -> Pointer:
         log_file=str(shown_dir / LOG_FILE),
         message_steps=message.get("steps"),
     )
+
+
+def _is_job_id(value: Any) -> TypeGuard[str]:
+    return isinstance(value, str) and JOB_ID_PATTERN.fullmatch(value) is not None
+
+
+_JSON_STRING = re.compile(r'"(?:[^"\\]|\\.)*"')
+_SPACE = re.compile(r"\s*")
+
+
+def _shallow_id(payload: bytes) -> str | None:
+    """The top-level ``"id"`` of a pointer nested too deeply for the JSON parser, found by a
+    scan that keeps no stack, so the controller can still be told."""
+    try:
+        text = payload.decode("utf-8")
+    except UnicodeDecodeError:
+        return None
+    position = _SPACE.match(text).end()  # type: ignore[union-attr]
+    if not text.startswith("{", position):
+        return None
+    depth = 0
+    while position < len(text):
+        character = text[position]
+        if character == '"':
+            token = _JSON_STRING.match(text, position)
+            if token is None:
+                return None
+            position = token.end()
+            after = _SPACE.match(text, position).end()  # type: ignore[union-attr]
+            if depth == 1 and text.startswith(":", after) and json.loads(token.group()) == "id":
+                value = _JSON_STRING.match(text, _SPACE.match(text, after + 1).end())  # type: ignore[union-attr]
+                return json.loads(value.group()) if value is not None else None
+            continue
+        depth += 1 if character in "{[" else -1 if character in "}]" else 0
+        position += 1
+    return None
 
 
 def resolve_work_dir(text: str, *, jobs_root: Path, job_id: str) -> tuple[Path, Path]:
@@ -150,10 +193,22 @@ def load_definition(pointer: Pointer, *, default_timeout_seconds: float) -> JobD
     return JobDefinition(steps=steps, env=dict(env), timeout_seconds=float(timeout), source=JOB_FILE)
 
 
+def read_regular_file(path: Path, *, limit_bytes: int) -> bytes:
+    """At most ``limit_bytes`` + 1 bytes of ``path``, which must be a regular file: a FIFO
+    must not block the worker, nor a link to a device feed it for ever. Raises OSError."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise OSError(errno.EINVAL, "not a regular file")
+        with os.fdopen(fd, "rb", closefd=False) as handle:
+            return handle.read(limit_bytes + 1)
+    finally:
+        os.close(fd)
+
+
 def _read_job_file(pointer: Pointer, path: Path, *, where: str) -> dict[str, Any]:
     try:
-        with path.open("rb") as handle:
-            raw = handle.read(JOB_FILE_MAX_BYTES + 1)
+        raw = read_regular_file(path, limit_bytes=JOB_FILE_MAX_BYTES)
     except OSError as error:
         raise _invalid(pointer, f"{where}: cannot read it: {error.strerror}") from None
     if len(raw) > JOB_FILE_MAX_BYTES:
@@ -166,6 +221,8 @@ def _read_job_file(pointer: Pointer, path: Path, *, where: str) -> dict[str, Any
         ) from None
     except UnicodeDecodeError:
         raise _invalid(pointer, f"{where}: not UTF-8 text") from None
+    except RecursionError:
+        raise _invalid(pointer, f"{where}: nested too deeply to be a job definition") from None
     if not isinstance(document, dict):
         raise _invalid(pointer, f"{where}: expected a JSON object")
     return document
@@ -201,10 +258,27 @@ def make_result(
     return result
 
 
-def read_result_record(work_dir: Path, *, job_id: str) -> dict[str, Any] | None:
-    """The recorded result of an earlier run of this job, or None."""
-    record = state.read_json(work_dir / RESULT_FILE, repair=False)
-    if record is None or record.get("id") != job_id or record.get("status") not in STATUSES:
+def read_result_record(pointer: Pointer) -> dict[str, Any] | None:
+    """The recorded result of an earlier run of this job, or None (also for a record that is
+    not one - not a regular file, too big, not JSON, nested too deeply, another job's: the
+    record is ours, written atomically, so anything else was put there, and is replaced)."""
+    path = pointer.work_dir / RESULT_FILE
+    try:
+        raw = read_regular_file(path, limit_bytes=RESULT_FILE_MAX_BYTES)
+        record = json.loads(raw) if len(raw) <= RESULT_FILE_MAX_BYTES else None
+    except FileNotFoundError:
+        return None
+    except (ValueError, RecursionError):
+        return None
+    except OSError as error:
+        if error.errno == errno.EINVAL and stat.S_ISDIR(os.lstat(path).st_mode):
+            # The record could never be written there: the job would run at every delivery.
+            raise _invalid(pointer, f"{RESULT_FILE} is a directory; remove it to run the job") from None
+        if error.errno in (errno.EINVAL, errno.ELOOP, errno.ENXIO):
+            return None
+        # Unreadable: whether the job already ran cannot be known, so it is not run.
+        raise _invalid(pointer, f"{RESULT_FILE}: cannot read it: {error.strerror}") from None
+    if not isinstance(record, dict) or record.get("id") != pointer.job_id or record.get("status") not in STATUSES:
         return None
     return {key: value for key, value in record.items() if key != "version"}
 
@@ -218,113 +292,63 @@ def run_steps(
     *,
     work_dir: Path,
     header: str,
-    base_env: Mapping[str, str],
+    log_max_bytes: int,
+    record: processes.GroupRecord | None,
     service: Callable[[], None],
     stop_now: Callable[[], bool],
 ) -> StepsOutcome:
     """Run the steps in order through the shell in ``work_dir``, stopping at the first
-    failure, with all output appended to ``job.log`` as it is written."""
+    failure, with all output appended to ``job.log`` as it is written. The steps share one
+    tag: a daemon one step starts is there for the next, and is killed when the job ends."""
     deadline = time.monotonic() + definition.timeout_seconds
-    env = {**base_env, **definition.env}
     total = len(definition.steps)
-    # Unbuffered and appended: the controller can tail it, and a rerun after a crash keeps
-    # the output of the interrupted run above its own.
-    with open(work_dir / LOG_FILE, "ab", buffering=0) as log:
-        _log_line(log, header)
-        for number, step in enumerate(definition.steps, start=1):
-            _log_line(log, f"=== step {number}/{total}: {step}")
-            began = time.monotonic()
-            exit_code = _run_one(
-                step, work_dir=work_dir, env=env, log=log, deadline=deadline, service=service, stop_now=stop_now
-            )
-            seconds = time.monotonic() - began
-            if exit_code is None:
-                message = f"timed out after {definition.timeout_seconds:g} s in step {number}/{total}"
-                _log_line(log, f"=== {message}: process group killed")
-                return StepsOutcome("timeout", TIMEOUT_EXIT_CODE, message)
-            _log_line(log, f"=== step {number}/{total} exited with {exit_code} after {seconds:.1f} s")
-            if exit_code != 0:
-                return StepsOutcome("failure", exit_code, f"step {number}/{total} exited with {exit_code}")
-        _log_line(log, f"=== job finished: {total} step{'s' if total != 1 else ''} succeeded")
-    return StepsOutcome("success", 0)
+    tag = processes.new_tag()
+    # Appended: a rerun after a crash keeps the output of the interrupted run above its own.
+    with JobLog(work_dir / LOG_FILE, max_bytes=log_max_bytes) as log:
+        try:
+            log.line(header)
+            for number, step in enumerate(definition.steps, start=1):
+                log.line(f"=== step {number}/{total}: {step}")
+                finished = processes.run(
+                    ["/bin/sh", "-c", step],
+                    env=definition.env,
+                    cwd=work_dir,
+                    log=log.child_fd,
+                    timeout_seconds=max(0.0, deadline - time.monotonic()),
+                    should_stop=stop_now,
+                    service=functools.partial(_service, log, service),
+                    record=record,
+                    tag=tag,
+                    keep_leftovers=True,
+                )
+                outcome = _step_outcome(finished, number=number, total=total, definition=definition, log=log)
+                if outcome is not None:
+                    return outcome
+            log.line(f"=== job finished: {total} step{'s' if total != 1 else ''} succeeded")
+            return StepsOutcome("success", 0)
+        finally:
+            processes.sweep(processes.Child(group_id=0, tag=tag))  # daemons do not outlive the job
+            if record is not None:
+                record.forget()
 
 
-def _log_line(log: BinaryIO, text: str) -> None:
-    log.write(f"{text}\n".encode("utf-8", errors="replace"))
+def _service(log: JobLog, service: Callable[[], None]) -> None:
+    log.drain()
+    service()
 
 
-def _run_one(
-    step: str,
-    *,
-    work_dir: Path,
-    env: Mapping[str, str],
-    log: BinaryIO,
-    deadline: float,
-    service: Callable[[], None],
-    stop_now: Callable[[], bool],
-) -> int | None:
-    """The step's exit code (128 + signal when killed), or None when the job timed out."""
-    process = subprocess.Popen(
-        ["/bin/sh", "-c", step],
-        cwd=work_dir,
-        env=dict(env),
-        stdin=subprocess.DEVNULL,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,  # its own process group, so a timeout can end all of it
-        preexec_fn=_die_with_worker_hook(),  # safe: the worker runs no other threads
-    )
-    try:
-        while True:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                _end_group(process, service=service)
-                return None
-            if stop_now():
-                _end_group(process, service=service)
-                raise JobAbandoned("stopped by a second signal")
-            try:
-                code = process.wait(timeout=min(PROCESS_POLL_SECONDS, remaining))
-            except subprocess.TimeoutExpired:
-                service()
-                continue
-            _kill_group(process.pid, signal.SIGKILL)  # background leftovers of the step
-            return code if code >= 0 else 128 - code
-    except BaseException:
-        _kill_group(process.pid, signal.SIGKILL)
-        raise
-
-
-def _end_group(process: subprocess.Popen[bytes], *, service: Callable[[], None]) -> None:
-    """SIGTERM to the step's process group, SIGKILL after a grace period."""
-    _kill_group(process.pid, signal.SIGTERM)
-    grace_end = time.monotonic() + KILL_GRACE_SECONDS
-    while process.poll() is None and time.monotonic() < grace_end:
-        service()
-        time.sleep(0.02)
-    _kill_group(process.pid, signal.SIGKILL)
-    process.wait()
-
-
-def _kill_group(group_id: int, signal_number: int) -> None:
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(group_id, signal_number)
-
-
-@functools.cache
-def _die_with_worker_hook() -> Callable[[], None] | None:
-    """A pre-exec hook that makes the step's shell die with the worker: if the worker is
-    killed (-9), the redelivered job must not run beside an unsupervised earlier run.
-    Prepared in the worker, so the child only makes one system call. Linux only."""
-    try:
-        import ctypes
-
-        prctl = ctypes.CDLL(None, use_errno=True).prctl
-    except (OSError, AttributeError):
-        return None
-    pr_set_pdeathsig = 1
-
-    def hook() -> None:
-        prctl(pr_set_pdeathsig, int(signal.SIGKILL), 0, 0, 0)
-
-    return hook
+def _step_outcome(
+    finished: processes.Finished, *, number: int, total: int, definition: JobDefinition, log: JobLog
+) -> StepsOutcome | None:
+    """How the job ends after this step, or None to go on with the next one."""
+    if finished.ended_by == processes.STOP:
+        log.line(f"=== step {number}/{total} killed: the worker was told to stop at once")
+        raise JobAbandoned("stopped by a second signal")
+    if finished.ended_by == processes.TIMEOUT:
+        message = f"timed out after {definition.timeout_seconds:g} s in step {number}/{total}"
+        log.line(f"=== {message}: process group killed")
+        return StepsOutcome("timeout", processes.TIMEOUT_EXIT_CODE, message)
+    log.line(f"=== step {number}/{total} exited with {finished.exit_code} after {finished.seconds:.1f} s")
+    if finished.exit_code != 0:
+        return StepsOutcome("failure", finished.exit_code, f"step {number}/{total} exited with {finished.exit_code}")
+    return None

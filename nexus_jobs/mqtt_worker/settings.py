@@ -117,6 +117,16 @@ OPTIONS = (
         minimum=1,
         maximum=7 * 86400,
     ),
+    Option(
+        "jobLogMaxBytes",
+        int,
+        100 * 1024 * 1024,
+        "at most this much of the steps' output goes into job.log per run; a marker line says what was cut",
+        flag="--job-log-max-bytes",
+        env="JOB_LOG_MAX_BYTES",
+        minimum=4096,
+        maximum=2**50,
+    ),
 )
 
 
@@ -136,6 +146,8 @@ class Settings:
     wait_timeout_seconds: float
     connect_timeout_seconds: float
     job_timeout_seconds: float
+    job_log_max_bytes: int
+    state_dir: Path  # local to this worker: the record of its running step
 
     @property
     def broker(self) -> str:
@@ -190,6 +202,8 @@ def load_settings(args: argparse.Namespace) -> Settings:
         wait_timeout_seconds=values["waitTimeoutSeconds"],
         connect_timeout_seconds=values["connectTimeoutSeconds"],
         job_timeout_seconds=values["jobTimeoutSeconds"],
+        job_log_max_bytes=values["jobLogMaxBytes"],
+        state_dir=config.resolve_state_dir(flag=getattr(args, "state_dir", None), loaded=loaded),
     )
 
 

@@ -10,7 +10,8 @@ The embedded store keeps one JSON file per pending item in
 can be tried without a server: drop a file there and run ``nexus-webhook-pull``.
 
 Both stores have the same interface. Neither judges the items: a malformed item is passed on
-as it is, for the job to dead-letter.
+as it is, for the job to dead-letter. An answer that cannot be read at all (not JSON, nested
+too deeply) is the backend failing. The contract is ``docs/webhooks.md``.
 """
 
 from __future__ import annotations
@@ -125,6 +126,8 @@ class HttpWebhookStore:
             return json.loads(raw)
         except ValueError:
             raise BackendUnavailable(f"Nexus answered {what} with a body that is not JSON") from None
+        except RecursionError:
+            raise BackendUnavailable(f"Nexus answered {what} with JSON nested too deeply to read") from None
 
 
 class LocalWebhookStore:
@@ -153,6 +156,8 @@ class LocalWebhookStore:
                 continue  # acknowledged by a concurrent run
             except (OSError, ValueError) as error:
                 item = f"unreadable file {name}: {str(error)[:80]}"
+            except RecursionError:
+                item = f"unreadable file {name}: JSON nested too deeply"
             if isinstance(item, dict) and isinstance(item.get("id"), str):
                 self._files_by_id[item["id"]] = path
             items.append(item)

@@ -2,6 +2,7 @@
 acknowledge what was delivered.
 
 Reading order: ``command`` (the console script and the per-agent loop: fetch, deliver,
-record, acknowledge) -> ``ledger`` (delivered ids, attempts, dead letters). Below:
+record, acknowledge) -> ``delivery`` (inbox file, Gateway hook, command) -> ``ledger``
+(delivered ids, attempts, dead letters). Below:
 ``nexus.webhooks`` and ``openclaw.agents``.
 """

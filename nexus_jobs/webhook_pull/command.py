@@ -14,34 +14,31 @@ malformed item is dead-lettered at once. Nothing is dropped without a trace.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import hashlib
 import json
 import logging
-import os
-import signal
-import subprocess
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from ..cli import frame as cli
-from ..core import config, http, state
+from ..core import config, http, processes, state
 from ..core.config import Option
-from ..core.errors import AuthError, BackendUnavailable, ConfigError
+from ..core.errors import BackendUnavailable, ConfigError
 from ..core.exits import Exit
 from ..core.secrets import register_secret
 from ..nexus import settings as nexus_settings
-from ..nexus.webhooks import WebhookStore, open_store, safe_name
+from ..nexus.webhooks import WebhookStore, open_store
 from ..openclaw.agents import resolve_agents as agents_of
+from . import delivery
 from .ledger import Ledger
 
 PROG = "nexus-webhook-pull"
 JOB_TYPE = "webhook_pull"
 DEFAULT_JOB_ID = "webhook-pull"
 DELIVERY_MODES = ("inbox", "hook", "command")
-HOOK_TIMEOUT_SECONDS = 30.0
 
 log = logging.getLogger("nexus_jobs")
 
@@ -159,13 +156,18 @@ def pull(settings: Settings, store: WebhookStore) -> cli.RunSummary:
         summary.message = "no agents configured or found under the OpenClaw state directory; nothing to pull"
         return summary
     ledger = Ledger.load(state_dir=settings.state_dir, job_id=settings.job_id, read_only=settings.dry_run)
+    children = children_record(settings)
     backend_failed = False
-    for agent_id in settings.agents:
+    for number, agent_id in enumerate(settings.agents):
         try:
-            pull_agent(agent_id, settings=settings, store=store, ledger=ledger, summary=summary)
+            pull_agent(agent_id, settings=settings, store=store, ledger=ledger, summary=summary, children=children)
         except BackendUnavailable as error:
+            # The backend is down for all agents alike: asking for the others would only add
+            # their retries to the run (docs/webhooks.md).
             backend_failed = True
-            summary.failures.append(str(error))
+            untried = len(settings.agents) - number - 1
+            summary.failures.append(str(error) + (f"; {untried} other agent(s) not asked this run" if untried else ""))
+            break
         finally:
             ledger.save()
     summary.standing = ledger.standing()
@@ -177,8 +179,26 @@ def pull(settings: Settings, store: WebhookStore) -> cli.RunSummary:
     return summary
 
 
+def children_record(settings: Settings) -> processes.GroupRecord | None:
+    """The record of the running delivery command, in this job's state; a command a killed
+    run left behind is killed before this run delivers anything (docs/child-processes.md)."""
+    if "command" not in settings.options["delivery"] or settings.dry_run:
+        return None
+    record = processes.GroupRecord(state.data_path(settings.state_dir, settings.job_id, "children"))
+    killed = record.kill_leftovers()
+    if killed:
+        log.warning("killed %d process(es) a delivery command of an earlier run left running", killed)
+    return record
+
+
 def pull_agent(
-    agent_id: str, *, settings: Settings, store: WebhookStore, ledger: Ledger, summary: cli.RunSummary
+    agent_id: str,
+    *,
+    settings: Settings,
+    store: WebhookStore,
+    ledger: Ledger,
+    summary: cli.RunSummary,
+    children: processes.GroupRecord | None = None,
 ) -> None:
     """Page through one agent's pending items until a page brings nothing new."""
     seen_this_run: set[str] = set()
@@ -203,7 +223,9 @@ def pull_agent(
                         summary.counts["skipped"] += 1
                         log.warning("left an item for agent %r alone: that agent is not configured here", group_agent)
                         continue
-                    handled = handle_item(item, agent_id=group_agent, settings=settings, ledger=ledger, summary=summary)
+                    handled = handle_item(
+                        item, agent_id=group_agent, settings=settings, ledger=ledger, summary=summary, children=children
+                    )
                     if handled:
                         acknowledge.append(handled)
         finally:
@@ -217,12 +239,20 @@ def pull_agent(
             return
 
 
-def handle_item(item: Any, *, agent_id: str, settings: Settings, ledger: Ledger, summary: cli.RunSummary) -> str | None:
+def handle_item(
+    item: Any,
+    *,
+    agent_id: str,
+    settings: Settings,
+    ledger: Ledger,
+    summary: cli.RunSummary,
+    children: processes.GroupRecord | None = None,
+) -> str | None:
     """Deliver one item (or dead-letter it); return its id when it may be acknowledged."""
     item_id = item.get("id") if isinstance(item, dict) else None
-    if not isinstance(item_id, str) or not item_id.strip():
+    if not isinstance(item_id, str) or not item_id.strip() or not _is_unicode(item_id):
         if ledger.note_malformed(item) and not settings.dry_run:
-            ledger.dead_letter(item, agent_id=agent_id, reason="malformed item: " + _malformed_reason(item))
+            ledger.dead_letter(_storable(item), agent_id=agent_id, reason="malformed item: " + _malformed_reason(item))
             summary.counts["deadLettered"] += 1
             summary.failures.append(f"agent {agent_id}: malformed item dead-lettered")
         return item_id if isinstance(item_id, str) and item_id else None
@@ -233,11 +263,13 @@ def handle_item(item: Any, *, agent_id: str, settings: Settings, ledger: Ledger,
         summary.would(f"would deliver {item_id} to agent {agent_id} by {', '.join(settings.options['delivery'])}")
         return None
     try:
-        deliver(item, agent_id=agent_id, settings=settings, ledger=ledger)
-    except DeliveryFailed as error:
+        deliver(item, agent_id=agent_id, settings=settings, ledger=ledger, children=children)
+    except delivery.DeliveryFailed as error:
         attempts = ledger.failed(item_id, str(error))
         if attempts >= settings.options["maxDeliveryAttempts"]:
-            ledger.dead_letter(item, agent_id=agent_id, reason=f"{attempts} failed deliveries; last: {error}")
+            ledger.dead_letter(
+                _storable(item), agent_id=agent_id, reason=f"{attempts} failed deliveries; last: {error}"
+            )
             summary.counts["deadLettered"] += 1
             summary.failures.append(f"{item_id}: dead-lettered after {attempts} failed deliveries: {error}")
             return item_id
@@ -255,24 +287,29 @@ def handle_item(item: Any, *, agent_id: str, settings: Settings, ledger: Ledger,
 # ---------------------------------------------------------------- delivery
 
 
-class DeliveryFailed(Exception):
-    """One delivery mode failed for one item; retried next run."""
-
-
-def deliver(item: dict[str, Any], *, agent_id: str, settings: Settings, ledger: Ledger) -> None:
+def deliver(
+    item: dict[str, Any],
+    *,
+    agent_id: str,
+    settings: Settings,
+    ledger: Ledger,
+    children: processes.GroupRecord | None = None,
+) -> None:
     """Every configured mode in order. Modes already done in an earlier run are skipped, so a
     command that succeeded is not run again because the hook after it failed."""
     options = settings.options
-    inbox_file = inbox_path(item, workspace=settings.agents[agent_id], inbox_dir=options["inboxDir"])
+    inbox_file = delivery.inbox_path(item, workspace=settings.agents[agent_id], inbox_dir=options["inboxDir"])
     for mode in options["delivery"]:
         if ledger.mode_done(item["id"], mode):
             continue
         if mode == "inbox":
             if not settings.agents[agent_id].is_dir():
-                raise DeliveryFailed(f"workspace {settings.agents[agent_id]} of agent {agent_id} does not exist")
-            write_inbox_file(inbox_file, item)
+                raise delivery.DeliveryFailed(
+                    f"workspace {settings.agents[agent_id]} of agent {agent_id} does not exist"
+                )
+            delivery.write_inbox_file(inbox_file, item)
         elif mode == "hook":
-            post_hook(
+            delivery.post_hook(
                 settings.gateway,
                 item,
                 agent_id=agent_id,
@@ -280,100 +317,32 @@ def deliver(item: dict[str, Any], *, agent_id: str, settings: Settings, ledger: 
                 inbox_file=inbox_file if "inbox" in options["delivery"] else None,
             )
         else:
-            run_command(
-                item, agent_id=agent_id, options=options, inbox_file=inbox_file, workspace=settings.agents[agent_id]
+            delivery.run_command(
+                item,
+                agent_id=agent_id,
+                options=options,
+                inbox_file=inbox_file,
+                workspace=settings.agents[agent_id],
+                children=children,
             )
         ledger.mode_succeeded(item["id"], mode)
 
 
-def inbox_path(item: dict[str, Any], *, workspace: Path, inbox_dir: str) -> Path:
-    source = item.get("source") if isinstance(item.get("source"), str) and item.get("source") else "unknown"
-    return workspace / inbox_dir / f"{safe_name(str(source))}_{safe_name(item['id'])}.json"
-
-
-def write_inbox_file(path: Path, item: dict[str, Any]) -> None:
-    """Pretty JSON, written atomically: an agent never sees a half-written item."""
+def _is_unicode(text: str) -> bool:
+    """Whether ``text`` is valid Unicode (no lone surrogate), so it can be stored as UTF-8."""
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        state.write_bytes_atomic(path, (json.dumps(item, indent=2, ensure_ascii=False) + "\n").encode("utf-8"))
-    except OSError as error:
-        raise DeliveryFailed(f"inbox {path.parent}: {error.strerror or error}") from None
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
-def post_hook(
-    session: Any, item: dict[str, Any], *, agent_id: str, options: dict[str, Any], inbox_file: Path | None
-) -> None:
-    """``POST /hooks/agent`` of the OpenClaw Gateway; 200/202 is success, 503 or a network
-    error is transient (retried next run), 401/403 stops the run."""
-    import requests
-
-    source, received = item.get("source", "unknown"), item.get("receivedAt", "unknown time")
-    if inbox_file is not None:
-        message = f"New webhook item from {source} (id {item['id']}, received {received}), saved to {inbox_file}."
-    else:
-        message = f"New webhook item from {source} (id {item['id']}, received {received}):\n" + json.dumps(
-            item, indent=2, ensure_ascii=False
-        )
-    try:
-        response = session.post(
-            options["gatewayUrl"].rstrip("/") + "/hooks/agent",
-            json={"message": message, "name": "Nexus", "agentId": agent_id, "deliver": False},
-            headers={"Authorization": f"Bearer {options['hooksToken']}", "Idempotency-Key": item["id"]},
-            timeout=(http.CONNECT_TIMEOUT_SECONDS, HOOK_TIMEOUT_SECONDS),
-            allow_redirects=False,
-        )
-    except requests.RequestException as error:
-        raise DeliveryFailed(f"Gateway hook: {http.describe_error(error)}") from None
-    response.close()
-    if response.status_code in (401, 403):
-        raise AuthError(
-            f"the OpenClaw Gateway refused the hooks token ({response.status_code}); check OPENCLAW_HOOKS_TOKEN"
-        )
-    if response.status_code not in (200, 202):
-        raise DeliveryFailed(f"Gateway hook answered {response.status_code}")
-
-
-def run_command(
-    item: dict[str, Any], *, agent_id: str, options: dict[str, Any], inbox_file: Path, workspace: Path
-) -> None:
-    """The configured argv with the item JSON on stdin; exit 0 is success. A timeout kills the
-    whole process group, so no grandchild outlives the run."""
-    fields = {
-        "{agentId}": agent_id,
-        "{id}": item["id"],
-        "{source}": str(item.get("source", "unknown")),
-        "{file}": str(inbox_file),
-    }
-    argv = []
-    for argument in options["command"]:
-        for placeholder, value in fields.items():
-            argument = argument.replace(placeholder, value)
-        argv.append(argument)
-    environment = {**os.environ, "NEXUS_WEBHOOK_ID": item["id"], "NEXUS_WEBHOOK_AGENT_ID": agent_id}
-    try:
-        process = subprocess.Popen(
-            argv,
-            stdin=subprocess.PIPE,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-            cwd=workspace if workspace.is_dir() else None,
-            env=environment,
-            start_new_session=True,
-        )
-    except OSError as error:
-        raise DeliveryFailed(f"command {argv[0]!r}: {error.strerror or error}") from None
-    try:
-        _, errors = process.communicate(
-            json.dumps(item, ensure_ascii=False).encode("utf-8"), timeout=options["commandTimeoutSeconds"]
-        )
-    except subprocess.TimeoutExpired:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(process.pid, signal.SIGKILL)
-        process.communicate()
-        raise DeliveryFailed(f"command timed out after {options['commandTimeoutSeconds']:g}s") from None
-    if process.returncode != 0:
-        last = errors.decode("utf-8", "replace").strip().splitlines()[-1:] or [""]
-        raise DeliveryFailed(f"command exited with {process.returncode}" + (f": {last[0][:200]}" if last[0] else ""))
+def _storable(item: Any) -> Any:
+    """``item`` as it can be kept in a UTF-8 state file: lone surrogates become U+FFFD."""
+    text = json.dumps(item, ensure_ascii=False, default=str)
+    if _is_unicode(text):
+        return item
+    return json.loads(re.sub("[\ud800-\udfff]", "\ufffd", text))
 
 
 def _message(summary: cli.RunSummary, settings: Settings) -> str:
@@ -398,4 +367,6 @@ def _item_key(item: Any) -> str:
 def _malformed_reason(item: Any) -> str:
     if not isinstance(item, dict):
         return f"expected an object, got {type(item).__name__}"
+    if isinstance(item.get("id"), str) and item["id"].strip():
+        return "its id is not valid Unicode (a lone surrogate)"
     return "no string 'id'"
