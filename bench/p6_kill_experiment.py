@@ -128,7 +128,7 @@ def main() -> int:
                 [str(WORKER), "--wait-timeout", "1.5", "--json"], env=env, capture_output=True, text=True
             )
             starts += 1
-            if json.loads(completed.stdout)["outcome"] == "no job" or starts > 5 * args.jobs:
+            if json.loads(completed.stdout)["details"]["cycle"] == "no-job" or starts > 5 * args.jobs:
                 break
         time.sleep(0.5)  # the listener's last messages
         lost, twice_concurrent, attempts, ends, leftovers = [], 0, 0, 0, 0

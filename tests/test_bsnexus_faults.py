@@ -114,7 +114,7 @@ def test_poison_message_is_dead_lettered_after_n_deliveries(
     assert letter[1]["source_stream"] == "tasks:queue" and letter[1]["delivery_count"] == "3"
     assert client.xpending("tasks:queue", "workers")["pending"] == 0
     assert worker_setup.claude_calls() == []
-    assert json.loads(worker_setup.cli("status", "--json").stdout)["deadLetters"] == 1
+    assert json.loads(worker_setup.cli("status", "--json").stdout)["details"]["deadLetters"] == 1
 
 
 def test_two_workers_share_a_thousand_tasks_without_duplicates(

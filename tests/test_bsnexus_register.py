@@ -3,14 +3,19 @@ command-line input."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import stat
 import time
+from typing import Any
 
 from dotenv import dotenv_values
 
+from nexus_jobs.cli.summary import COMMON_KEYS
+from nexus_jobs.core.exits import word_of
 from tests.bsnexus_backend import REGISTER, REGISTRATION_TOKEN, BackendDouble, TokenRow, WorkerSetup
 from tests.conftest import assert_clean_failure, free_port
+from tests.redis_server import RedisServer
 
 REDIS_URL = "redis://127.0.0.1:1"  # never contacted by register
 
@@ -42,7 +47,12 @@ def test_register_saves_credentials_privately_and_reregister_keeps_identity(
     )
     again = worker_setup.register(bsnexus_backend.url, REDIS_URL, "--name", "build-box", "--json")
     summary = json.loads(again.stdout)
-    assert summary == {
+    assert (summary["job"], summary["type"], summary["outcome"]) == (
+        f"bsnexus-worker-{worker_id}",
+        "bsnexus-register",
+        "success",
+    )
+    assert summary["details"] == {
         "workerId": worker_id,
         "reusedIdentity": True,
         "serverUrl": bsnexus_backend.url,
@@ -95,7 +105,7 @@ def test_register_token_from_environment_and_default_env_file(
     assert dotenv_values(default_file)["BSNEXUS_REGISTRATION_TOKEN"] == REGISTRATION_TOKEN
     status = run_cli("bsnexus-worker", "status", "--json", env=env)
     # Redis (default localhost:6379 is not ours) may be unreachable; the identity is still shown.
-    assert json.loads(status.stdout)["workerId"] in bsnexus_backend.rows
+    assert json.loads(status.stdout)["details"]["workerId"] in bsnexus_backend.rows
 
 
 def test_register_refusals_are_one_clear_line(worker_setup: WorkerSetup, bsnexus_backend: BackendDouble) -> None:
@@ -162,7 +172,7 @@ def test_unregister_deletes_on_server_and_forgets_identity(
     token = worker_setup.saved()["BSNEXUS_WORKER_TOKEN"]
     result = worker_setup.cli("unregister", "--json")
     assert result.returncode == 0, result.stderr
-    assert json.loads(result.stdout)["unregistered"] is True and token not in result.stdout
+    assert json.loads(result.stdout)["details"]["unregistered"] is True and token not in result.stdout
     assert not bsnexus_backend.alive(worker_id) and worker_id in bsnexus_backend.rows  # listed as offline
     delete = bsnexus_backend.requests_to("DELETE /api/v1/workers/")[0]
     assert delete.path == f"/api/v1/workers/{worker_id}" and "Authorization" not in delete.headers
@@ -230,3 +240,62 @@ def test_bad_command_line_input(worker_setup: WorkerSetup, bsnexus_backend: Back
     bad_template = worker_setup.cli("run", BSNEXUS_EXECUTOR_TYPE="command", BSNEXUS_COMMAND="agent {nope}")
     assert_clean_failure(bad_template, 78)
     assert "{nope}" in bad_template.stderr or "'nope'" in bad_template.stderr
+
+
+def test_json_is_the_common_object_of_every_subcommand_on_success_and_failure(
+    worker_setup: WorkerSetup, bsnexus_backend: BackendDouble, redis_server: RedisServer
+) -> None:
+    """``--json`` prints the keys every command prints; what is particular goes under ``details``."""
+
+    def one_object(subcommand: str, *args: str, exit_code: int, setup: WorkerSetup = worker_setup) -> dict[str, Any]:
+        result = setup.cli(subcommand, *args, "--json")
+        assert result.returncode == exit_code, result.stderr
+        assert "Traceback" not in result.stderr
+        (line,) = result.stdout.splitlines()
+        document = json.loads(line)
+        assert tuple(document) == COMMON_KEYS
+        assert (document["type"], document["exitCode"]) == (f"bsnexus-{subcommand}", exit_code)
+        assert document["outcome"] == word_of(exit_code) and document["dryRun"] is False
+        assert document["startedAt"] and document["durationSeconds"] >= 0
+        assert (exit_code == 0) == (document["message"] not in result.stderr)  # a failure's line is the message
+        assert REGISTRATION_TOKEN not in result.stdout
+        return document
+
+    worker_setup.env_file.write_text("")
+    for subcommand in ("run", "status", "unregister"):  # no identity yet
+        unknown = one_object(subcommand, exit_code=78)
+        assert unknown["job"] is None and "register" in unknown["message"]
+    no_token = one_object("register", "--url", bsnexus_backend.url, exit_code=2)
+    assert no_token["job"] is None and "token" in no_token["message"]
+
+    registered = one_object(
+        "register",
+        "--url",
+        bsnexus_backend.url,
+        "--token",
+        REGISTRATION_TOKEN,
+        "--redis-url",
+        redis_server.url,
+        exit_code=0,
+    )
+    worker_id = worker_setup.saved()["BSNEXUS_WORKER_ID"]
+    job = f"bsnexus-worker-{worker_id}"
+    assert (registered["job"], registered["details"]["workerId"], registered["details"]["reusedIdentity"]) == (
+        job,
+        worker_id,
+        False,
+    )
+
+    ran = one_object("run", "--duration", "0.5", exit_code=0)
+    assert (ran["job"], ran["counts"]) == (job, {"tasks": 0, "done": 0, "failed": 0, "unpublished": 0})
+    assert "--duration" in ran["details"]["stopReason"] and ran["details"]["workerId"] == worker_id
+
+    shown = one_object("status", exit_code=0)
+    assert (shown["job"], shown["details"]["running"], shown["details"]["deadLetters"]) == (job, False, 0)
+    down = f"redis://127.0.0.1:{free_port()}"
+    redis_down = dataclasses.replace(worker_setup, env={**worker_setup.env, "BSNEXUS_REDIS_URL": down})
+    blind = one_object("status", exit_code=69, setup=redis_down)
+    assert (blind["job"], blind["details"]["pending"], blind["details"]["workerId"]) == (job, None, worker_id)
+
+    gone = one_object("unregister", exit_code=0)
+    assert (gone["job"], gone["details"]["unregistered"]) == (job, True)

@@ -71,8 +71,13 @@ def test_round_trip_execution_and_qa(
     assert result.returncode == 0, result.stderr
     assert result.stderr == ""  # quiet on success
     summary = json.loads(result.stdout)
-    assert summary["tasks"] == 4 and summary["tasksDone"] == 3 and summary["tasksFailed"] == 1
-    assert "--max-tasks 4" in summary["stopReason"]
+    assert summary["counts"] == {"tasks": 4, "done": 3, "failed": 1, "unpublished": 0}
+    assert (summary["type"], summary["outcome"], summary["job"]) == (
+        "bsnexus-run",
+        "success",
+        f"bsnexus-worker-{worker_id}",
+    )
+    assert "--max-tasks 4" in summary["details"]["stopReason"] and summary["details"]["workerId"] == worker_id
 
     published = {(fields["type"], fields["task_id"]): fields for fields in results(client)}
     assert len(published) == 4
@@ -108,7 +113,7 @@ def test_round_trip_execution_and_qa(
 
     status = worker_setup.cli("status", "--json")
     assert status.returncode == 0, status.stderr
-    facts = json.loads(status.stdout)
+    facts = json.loads(status.stdout)["details"]
     assert facts["workerId"] == worker_id and facts["serverUrl"] == bsnexus_backend.url
     assert facts["tasksDone"] == 3 and facts["tasksFailed"] == 1 and facts["running"] is False
     assert facts["lastHeartbeatAt"] and facts["pending"] == {"tasks:queue/workers": 0, "tasks:qa/reviewers": 0}
@@ -268,7 +273,7 @@ def test_duration_stops_intake_and_second_run_exits_75(
     assert "already running" in second.stderr
     quiet = worker_setup.cli("run", "--duration", "1")
     assert quiet.returncode == 75 and quiet.stderr == ""  # a skipped overlapping run is quiet
-    assert json.loads(worker_setup.cli("status", "--json").stdout)["running"] is True
+    assert json.loads(worker_setup.cli("status", "--json").stdout)["details"]["running"] is True
     code, _out, err = finish(worker)
     assert code == 0, err
     assert 2.5 < time.monotonic() - started < 15
@@ -430,10 +435,10 @@ def test_corrupt_state_file_is_moved_aside(
     worker_setup.state_dir.mkdir()
     record = worker_setup.state_dir / f"bsnexus-worker-{worker_id}.json"
     record.write_text('{"tasksDone": 4')
-    assert json.loads(worker_setup.cli("status", "--json").stdout)["tasksDone"] == 0
+    assert json.loads(worker_setup.cli("status", "--json").stdout)["details"]["tasksDone"] == 0
     add_task(redis_server.client(), task_id="c-1", repo_path=str(tmp_path / "repo"), worker_prompt=prompt_json("x"))
     result = worker_setup.cli("run", "--max-tasks", "1")
     assert result.returncode == 0, result.stderr
     assert "was corrupt" in result.stderr and "Traceback" not in result.stderr
     assert list(worker_setup.state_dir.glob("*.corrupt-*"))
-    assert json.loads(worker_setup.cli("status", "--json").stdout)["tasksDone"] == 1
+    assert json.loads(worker_setup.cli("status", "--json").stdout)["details"]["tasksDone"] == 1

@@ -19,6 +19,9 @@ from typing import Any
 import paho.mqtt.client as mqtt
 import pytest
 
+from nexus_jobs.cli.summary import COMMON_KEYS
+from nexus_jobs.core.exits import word_of
+from nexus_jobs.mqtt_worker import command as mqtt_job_worker
 from tests import corpus
 from tests.conftest import assert_clean_failure, free_port, run_cli, script, wait_until
 from tests.corpus import deep_json
@@ -132,7 +135,7 @@ def run_worker(env: dict[str, str], *args: str, wait_seconds: float = 10.0) -> t
 def register(env: dict[str, str]) -> None:
     """Start the worker once so the broker knows its persistent session and subscription."""
     code, summary, stderr = run_worker(env, wait_seconds=0.2)
-    assert (code, summary["outcome"]) == (0, "no job"), stderr
+    assert (code, summary["details"]["cycle"]) == (0, "no-job"), stderr
 
 
 def start_worker(env: dict[str, str], *args: str) -> subprocess.Popen[str]:
@@ -164,9 +167,9 @@ def test_controller_flow_success_failure_and_timeout(worker_env, mosquitto, resu
         publish(mosquitto, pointer(name, work_dir))
 
     code, summary, _ = run_worker(worker_env)
-    assert (code, summary["outcome"]) == (0, "ran")
+    assert (code, summary["details"]["cycle"]) == (0, "ran")
     result = results.wait_for("job_ok")
-    assert result == summary["result"]
+    assert result == summary["details"]["result"]
     assert {key: result[key] for key in ("id", "status", "logFile", "exitCode", "workerId")} == {
         "id": "job_ok",
         "status": "success",
@@ -246,7 +249,7 @@ def test_pointer_published_while_no_worker_runs_waits_for_the_next_start(worker_
     time.sleep(0.2)
     assert not (work_dir / "job.log").exists()
     code, summary, _ = run_worker(worker_env)
-    assert (code, summary["result"]["status"]) == (0, "success")
+    assert (code, summary["details"]["result"]["status"]) == (0, "success")
     assert results.wait_for("queued")["id"] == "queued"
 
 
@@ -258,9 +261,9 @@ def test_one_job_per_start_and_pointers_arriving_meanwhile_stay_queued(worker_en
         publish(mosquitto, pointer(name, make_job(root, name, ["echo ran >> runs.txt"])))
     for done, name in enumerate(names, start=1):
         code, summary, _ = run_worker(worker_env)
-        assert (code, summary["result"]["id"]) == (0, name), "pointers are taken one per start, in order"
+        assert (code, summary["details"]["result"]["id"]) == (0, name), "pointers are taken one per start, in order"
         assert sum((root / "active_jobs" / other / "runs.txt").exists() for other in names) == done
-    assert run_worker(worker_env, wait_seconds=0.3)[1]["outcome"] == "no job"
+    assert run_worker(worker_env, wait_seconds=0.3)[1]["details"]["cycle"] == "no-job"
     for name in names:
         assert (root / "active_jobs" / name / "runs.txt").read_text() == "ran\n"
         assert len(results.results[name]) == 1
@@ -278,10 +281,10 @@ def test_pointer_arriving_while_the_worker_is_busy_waits_for_the_next_start(work
     time.sleep(0.3)
     (busy / "release").touch()
     stdout, stderr = worker.communicate(timeout=20)
-    assert (worker.returncode, json.loads(stdout)["result"]["id"]) == (0, "busy"), stderr
+    assert (worker.returncode, json.loads(stdout)["details"]["result"]["id"]) == (0, "busy"), stderr
     assert not (later / "job.log").exists(), "one job per start"
     code, summary, _ = run_worker(worker_env)
-    assert (code, summary["result"]["id"]) == (0, "later")
+    assert (code, summary["details"]["result"]["id"]) == (0, "later")
     assert (later / "runs.txt").read_text() == "ran\n"
     assert results.wait_for("later")["status"] == "success"
 
@@ -306,7 +309,7 @@ def test_worker_killed_mid_job_gets_the_job_again_and_finishes_it(worker_env, mo
     assert "killed" not in results.results
     (work_dir / "release").touch()
     code, summary, _ = run_worker(worker_env)
-    assert (code, summary["result"]["status"]) == (0, "success")
+    assert (code, summary["details"]["result"]["status"]) == (0, "success")
     assert results.wait_for("killed")["status"] == "success"
     assert (work_dir / "attempts.txt").read_text() == "attempt\nattempt\n"
     assert (work_dir / "side-effect.txt").read_text() == "once\n"
@@ -345,11 +348,11 @@ def test_finished_job_redelivered_after_a_crash_is_not_run_again(worker_env, mos
     finally:
         os.kill(mosquitto.process.pid, signal.SIGCONT)
     code, summary, _ = run_worker(worker_env)
-    assert (code, summary["outcome"]) == (0, "re-published")
-    assert summary["result"]["status"] == "success"
+    assert (code, summary["details"]["cycle"]) == (0, "re-published")
+    assert summary["details"]["result"]["status"] == "success"
     assert (work_dir / "side-effect.txt").read_text() == "once\n"
     assert results.wait_for("crashed")["status"] == "success"
-    assert run_worker(worker_env, wait_seconds=0.3)[1]["outcome"] == "no job"
+    assert run_worker(worker_env, wait_seconds=0.3)[1]["details"]["cycle"] == "no-job"
 
 
 def test_a_job_held_by_another_worker_is_not_run_twice(worker_env, mosquitto, results):
@@ -370,7 +373,7 @@ def test_a_job_held_by_another_worker_is_not_run_twice(worker_env, mosquitto, re
     other_worker.release()
     stdout, stderr = waiting.communicate(timeout=20)
     assert waiting.returncode == 0, stderr
-    assert json.loads(stdout)["outcome"] == "re-published"
+    assert json.loads(stdout)["details"]["cycle"] == "re-published"
     assert "being run by another worker" in stderr
     assert not (work_dir / "runs.txt").exists()
     assert results.wait_for("held")["status"] == "success"
@@ -390,7 +393,7 @@ def test_two_workers_sharing_a_group_run_fifty_jobs_each_exactly_once(worker_env
         while time.monotonic() < deadline:
             code, summary, stderr = run_worker(env, wait_seconds=1.0)
             assert code == 0, stderr
-            if summary["outcome"] == "no job":
+            if summary["details"]["cycle"] == "no-job":
                 return
 
     threads = [threading.Thread(target=drain, args=(env,)) for env in environments]
@@ -415,7 +418,7 @@ def test_broker_restart_between_pointer_and_worker_start_loses_nothing(worker_en
     listener = ResultListener(mosquitto)
     try:
         code, summary, _ = run_worker(worker_env)
-        assert (code, summary["result"]["status"]) == (0, "success")
+        assert (code, summary["details"]["result"]["status"]) == (0, "success")
         assert listener.wait_for("survivor")["status"] == "success"
     finally:
         listener.close()
@@ -434,12 +437,12 @@ def test_broker_restart_during_a_job_loses_nothing(worker_env, mosquitto):
         (work_dir / "release").touch()
         stdout, stderr = worker.communicate(timeout=30)
         assert worker.returncode == 0, stderr
-        assert json.loads(stdout)["outcome"] == "ran"
+        assert json.loads(stdout)["details"]["cycle"] == "ran"
         assert "reconnecting" in stderr
         assert listener.wait_for("through_restart")["status"] == "success"
     finally:
         listener.close()
-    assert run_worker(worker_env, wait_seconds=0.3)[1]["outcome"] == "no job"
+    assert run_worker(worker_env, wait_seconds=0.3)[1]["details"]["cycle"] == "no-job"
     assert _read(work_dir / "job.log").count("=== job through_restart started") == 1
 
 
@@ -451,7 +454,8 @@ def test_stop_signal_while_waiting_exits_cleanly(worker_env, mosquitto):
     waiting.send_signal(signal.SIGTERM)
     stdout, stderr = waiting.communicate(timeout=10)
     assert waiting.returncode == 143, stderr
-    assert (json.loads(stdout)["outcome"], json.loads(stdout)["exitCode"]) == ("stopped", 143)
+    summary = json.loads(stdout)
+    assert (summary["details"]["cycle"], summary["exitCode"], summary["outcome"]) == ("stopped", 143, "interrupted")
     assert "Traceback" not in stderr
 
 
@@ -472,7 +476,7 @@ def test_first_stop_signal_finishes_the_job_and_a_second_leaves_it_queued(worker
     (finished / "release").touch()
     stdout, stderr = worker.communicate(timeout=20)
     assert worker.returncode == 143, stderr
-    assert json.loads(stdout)["result"]["status"] == "success"
+    assert json.loads(stdout)["details"]["result"]["status"] == "success"
     assert results.wait_for("finished")["status"] == "success"
 
     worker = start_worker(worker_env)
@@ -486,7 +490,8 @@ def test_first_stop_signal_finishes_the_job_and_a_second_leaves_it_queued(worker
     assert not (abandoned / "done.txt").exists() and "abandoned" not in results.results
     (abandoned / "release").touch()
     code, summary, _ = run_worker(worker_env)
-    assert (code, summary["result"]["id"], summary["result"]["status"]) == (0, "abandoned", "success")
+    result = summary["details"]["result"]
+    assert (code, result["id"], result["status"]) == (0, "abandoned", "success")
 
 
 def test_topic_overrides(worker_env, mosquitto):
@@ -498,9 +503,9 @@ def test_topic_overrides(worker_env, mosquitto):
         publish(mosquitto, pointer("elsewhere", make_job(root, "elsewhere", ["echo wrong queue"])))
         publish(mosquitto, pointer("custom", make_job(root, "custom", ["echo ok"])), topic="factory/queue")
         code, summary, _ = run_worker(env)
-        assert (code, summary["result"]["id"]) == (0, "custom")
+        assert (code, summary["details"]["result"]["id"]) == (0, "custom")
         assert listener.wait_for("custom")["status"] == "success"
-        assert run_worker(env, wait_seconds=0.3)[1]["outcome"] == "no job"
+        assert run_worker(env, wait_seconds=0.3)[1]["details"]["cycle"] == "no-job"
     finally:
         listener.close()
 
@@ -514,7 +519,7 @@ def test_mqtts_with_a_private_certificate_authority(clean_env, tmp_path, mosquit
     register(env)
     publish(server, pointer("over_tls", work_dir), ca_file=tls.ca_file)
     code, summary, _ = run_worker(env)
-    assert (code, summary["broker"], summary["result"]["status"]) == (0, server.url, "success")
+    assert (code, summary["details"]["broker"], summary["details"]["result"]["status"]) == (0, server.url, "success")
     # Without the CA the broker's certificate is not trusted: unreachable, one line.
     untrusting = {key: value for key, value in env.items() if key != "MQTT_CA_FILE"}
     completed = run_cli(WORKER, "--connect-timeout", "0.5", env=untrusting)
@@ -593,10 +598,10 @@ def test_bad_input_corpus(row, worker_env, mosquitto, results):
     code, summary, stderr = run_worker(worker_env)
     assert code == row["exit"], stderr
     if row["check"] == "runs":
-        assert summary["result"]["status"] == "success", stderr
+        assert summary["details"]["result"]["status"] == "success", stderr
         assert (root / "active_jobs" / row["setup"]["job"] / "runs.txt").read_text() == "ran\n"
     else:
-        assert summary["outcome"] == "invalid pointer", stderr
+        assert summary["details"]["cycle"] == "invalid-pointer", stderr
         assert len(stderr.strip().splitlines()) == 1 and row["message"] in stderr, stderr
     if row["check"] == "error-result":
         result = results.wait_for(row["jobId"])
@@ -608,7 +613,7 @@ def test_bad_input_corpus(row, worker_env, mosquitto, results):
     if (root.parent / "outside" / "target.log").exists():
         assert (root.parent / "outside" / "target.log").read_text() == "untouched\n"
     code, summary, _ = run_worker(worker_env)
-    assert (code, summary["result"]["id"]) == (0, "good_after_bad")
+    assert (code, summary["details"]["result"]["id"]) == (0, "good_after_bad")
     results.wait_for("good_after_bad")
     if row["check"] == "dropped":
         assert set(results.results) == {"good_after_bad"}
@@ -647,12 +652,51 @@ def test_bad_settings_give_one_clear_line_and_exit_78(case, clean_env, tmp_path)
 def test_worker_id_defaults_to_one_derived_from_the_host_name(worker_env):
     env = {key: value for key, value in worker_env.items() if key != "WORKER_ID"}
     code, summary, _ = run_worker(env, wait_seconds=0.1)
-    assert (code, summary["worker"]) == (0, f"mqtt-job-worker-{socket.gethostname()}")
+    assert (code, summary["job"]) == (0, f"mqtt-job-worker-{socket.gethostname()}")
 
 
 def test_usage_error_exits_2(clean_env):
     completed = run_cli(WORKER, "--no-such-flag", env=clean_env)
     assert completed.returncode == 2
+
+
+@pytest.mark.inprocess
+def test_json_is_the_common_object_on_success_and_on_failure(worker_env, monkeypatch, capsys):
+    """``--json`` prints the keys every command prints, the cycle's facts under ``details``."""
+    for key, value in worker_env.items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.chdir(worker_env["HOME"])
+
+    def one_object(*argv: str) -> tuple[int, dict[str, Any]]:
+        capsys.readouterr()
+        code = mqtt_job_worker.main(["--json", *argv])
+        lines = capsys.readouterr().out.splitlines()
+        assert len(lines) == 1, lines
+        document = json.loads(lines[0])
+        assert tuple(document) == COMMON_KEYS
+        assert (document["type"], document["exitCode"], document["dryRun"]) == ("mqtt-job-worker", code, False)
+        assert document["outcome"] == word_of(code)
+        return code, document
+
+    code, waited = one_object("--wait-timeout", "0.1")
+    assert (code, waited["job"], waited["message"]) == (0, worker_env["WORKER_ID"], "no job came within 0.1 s")
+    assert waited["details"] == {
+        "cycle": "no-job",
+        "result": None,
+        "broker": worker_env["MQTT_URL"],
+        "workerId": worker_env["WORKER_ID"],
+    }
+    assert waited["startedAt"] and waited["durationSeconds"] >= 0
+
+    down = f"mqtt://127.0.0.1:{free_port()}"
+    code, unreachable = one_object("--mqtt-url", down, "--connect-timeout", "0.2")
+    assert (code, unreachable["outcome"], unreachable["job"]) == (69, "unavailable", worker_env["WORKER_ID"])
+    assert "unreachable" in unreachable["message"] and unreachable["details"]["cycle"] is None
+    assert unreachable["details"]["broker"] == down
+
+    code, refused = one_object("--mqtt-url", "ftp://example.invalid")
+    assert (code, refused["outcome"], refused["job"]) == (78, "config", None)
+    assert "MQTT_URL" in refused["message"] or "--mqtt-url" in refused["message"]
 
 
 def test_unreachable_broker_exits_69(clean_env, tmp_path):
@@ -688,10 +732,10 @@ def test_credentials_never_reach_logs_json_or_steps(clean_env, tmp_path, mosquit
     client.loop_stop()
     completed = run_cli(WORKER, "-v", "--debug", "--json", "--wait-timeout", "5", env=separate)
     assert completed.returncode == 0, completed.stderr
-    assert json.loads(completed.stdout)["result"]["status"] == "success"
+    assert json.loads(completed.stdout)["details"]["result"]["status"] == "success"
     assert secret not in completed.stdout + completed.stderr
     completed = run_cli(WORKER, "-v", "--debug", "--json", "--wait-timeout", "0.2", env=in_url)
-    assert (completed.returncode, json.loads(completed.stdout)["outcome"]) == (0, "no job")
+    assert (completed.returncode, json.loads(completed.stdout)["details"]["cycle"]) == (0, "no-job")
     assert secret not in completed.stdout + completed.stderr
     assert secret not in (work_dir / "env.txt").read_text()
     assert "JOB_ID=authed" in (work_dir / "env.txt").read_text()
@@ -714,7 +758,7 @@ def test_steps_get_no_secret_of_any_command_but_what_the_job_passes(worker_env, 
     work_dir = make_job(root, "env_job", ["env > env.txt"], env={"FROM_JOB": "passed"})
     publish(mosquitto, pointer("env_job", work_dir))
     code, summary, _ = run_worker(env)
-    assert (code, summary["result"]["status"]) == (0, "success")
+    assert (code, summary["details"]["result"]["status"]) == (0, "success")
     seen = (work_dir / "env.txt").read_text()
     assert "1234" not in seen
     assert "OPERATOR_SETTING=kept" in seen and "FROM_JOB=passed" in seen and "JOB_ID=env_job" in seen
@@ -735,7 +779,7 @@ def test_a_daemon_started_by_a_step_serves_the_next_step_and_dies_with_the_job(w
     )
     publish(mosquitto, pointer("daemon_job", work_dir))
     code, summary, _ = run_worker(worker_env)
-    assert (code, summary["result"]["status"]) == (0, "success")
+    assert (code, summary["details"]["result"]["status"]) == (0, "success")
     assert "daemon-up" in (work_dir / "job.log").read_text()
     daemon = int((work_dir / "daemon.pid").read_text())
     wait_until(lambda: not _alive(daemon), deadline_seconds=5, what="the job's daemon to be killed")
@@ -748,7 +792,7 @@ def test_job_log_is_capped_with_a_marker_and_the_steps_go_on(worker_env, mosquit
     work_dir = make_job(root, "chatty", ["head -c 3000000 /dev/zero | tr '\\0' x; echo", "echo second-step > done.txt"])
     publish(mosquitto, pointer("chatty", work_dir))
     code, summary, _ = run_worker(env)
-    assert (code, summary["result"]["status"]) == (0, "success")
+    assert (code, summary["details"]["result"]["status"]) == (0, "success")
     assert (work_dir / "done.txt").read_text() == "second-step\n"
     log_text = (work_dir / "job.log").read_text()
     assert len(log_text) < 4096 + 2000
@@ -775,7 +819,7 @@ def test_a_killed_workers_leftovers_die_before_its_successor_runs_anything(worke
     shell, leftover = int((work_dir / "shell.pid").read_text()), int((work_dir / "leftover.pid").read_text())
     wait_until(lambda: not _alive(shell), deadline_seconds=5, what="the step's shell to die with its worker")
     code, summary, stderr = run_worker(worker_env, "-v")
-    assert (code, summary["result"]["status"]) == (0, "success"), stderr
+    assert (code, summary["details"]["result"]["status"]) == (0, "success"), stderr
     assert "a previous run of this worker left running" in stderr
     assert (work_dir / "seen.txt").read_text() == "gone\n"
     assert not _alive(leftover)

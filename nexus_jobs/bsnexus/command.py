@@ -14,13 +14,22 @@ import dataclasses
 import logging
 import os
 import sys
-import time
 from collections.abc import Sequence
+from datetime import datetime
 from typing import Any
 
 from ..cli import frame as cli
+from ..cli.summary import result_object
 from ..core import config, state
-from ..core.errors import AuthError, BackendUnavailable, ConfigError, LockHeld, TransientError, UsageError
+from ..core.errors import (
+    AuthError,
+    BackendUnavailable,
+    ConfigError,
+    JobError,
+    LockHeld,
+    TransientError,
+    UsageError,
+)
 from ..core.exits import Exit
 from ..core.secrets import redact
 from ..core.stopping import StopSignals
@@ -64,9 +73,55 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    return cli.main(prog=PROG, parser=build_parser(), run=run, argv=argv)
+
+
+@dataclasses.dataclass
+class Report:
+    """What the subcommand's ``--json`` object says, filled in as the run learns it: the
+    worker's job id once its identity is known, its counts and facts (docs/bsnexus.md)."""
+
+    job_type: str
+    started: datetime = dataclasses.field(default_factory=state.now_utc)
+    job: str | None = None
+    counts: dict[str, int] = dataclasses.field(default_factory=dict)
+    details: dict[str, Any] = dataclasses.field(default_factory=dict)
+    message: str = ""
+
+    def identify(self, settings: Settings) -> None:
+        if settings.worker_id:
+            self.job = settings.job_id
+            self.details["workerId"] = settings.worker_id
+
+    def as_json(self, exit_code: int, *, message: str | None = None) -> dict[str, Any]:
+        return result_object(
+            job=self.job,
+            job_type=self.job_type,
+            exit_code=exit_code,
+            started=self.started,
+            duration_seconds=(state.now_utc() - self.started).total_seconds(),
+            counts=self.counts,
+            message=self.message if message is None else message,
+            details=self.details,
+        )
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run the subcommand. With ``--json``, its one object is printed here once the exit code
+    is known, also when the subcommand ends with an error."""
     handlers = {"register": register_command, "run": run_command, "status": status_command}
     handlers["unregister"] = unregister_command
-    return cli.main(prog=PROG, parser=build_parser(), run=lambda args: handlers[args.subcommand](args), argv=argv)
+    report = Report(job_type=f"bsnexus-{args.subcommand}")
+    try:
+        exit_code = handlers[args.subcommand](args, report)
+    except JobError as error:
+        if args.json:
+            message = "; ".join(getattr(error, "problems", None) or [str(error)])
+            cli.print_json(report.as_json(error.exit_code, message=message))
+        raise
+    if args.json:
+        cli.print_json(report.as_json(exit_code))
+    return exit_code
 
 
 def _load(args: argparse.Namespace, *, env_file_may_be_new: bool = False) -> tuple[config.LoadedConfig, Settings]:
@@ -90,7 +145,7 @@ def _require_identity(settings: Settings) -> None:
         raise ConfigError(f"{settings.env_file}: no BSNEXUS_SERVER_URL; run `bsnexus-worker register` again")
 
 
-def register_command(args: argparse.Namespace) -> int:
+def register_command(args: argparse.Namespace, report: Report) -> int:
     loaded, settings = _load(args, env_file_may_be_new=True)
     if not settings.server_url:
         raise UsageError("register needs the server URL: --url URL (or BSNEXUS_SERVER_URL)")
@@ -104,41 +159,39 @@ def register_command(args: argparse.Namespace) -> int:
             safe_url(settings.server_url),
         )
         settings = dataclasses.replace(settings, worker_id="", worker_token="")
+    report.identify(settings)  # the saved identity being registered again, if any
     session = registration.make_session(settings)
     try:
         answer = registration.register(session, settings)
     finally:
         session.close()
     registration.save_identity(settings.env_file, settings, answer)
-    if args.json:
-        cli.print_json(
-            {
-                "workerId": answer.worker_id,
-                "reusedIdentity": answer.reused,
-                "serverUrl": safe_url(settings.server_url),
-                "envFile": str(settings.env_file),
-            }
-        )
-    else:
-        verb = "re-registered" if answer.reused else "registered"
-        cli.print_line(f"{verb} worker {answer.worker_id}; credentials saved to {settings.env_file}")
+    report.identify(dataclasses.replace(settings, worker_id=answer.worker_id))
+    report.details.update(
+        reusedIdentity=answer.reused, serverUrl=safe_url(settings.server_url), envFile=str(settings.env_file)
+    )
+    verb = "re-registered" if answer.reused else "registered"
+    report.message = f"{verb} worker {answer.worker_id}; credentials saved to {settings.env_file}"
+    if not args.json:
+        cli.print_line(report.message)
         cli.print_line(f"start it with: {PROG} run" + (f" --env-file {settings.env_file}" if args.env_file else ""))
     return Exit.OK
 
 
-def run_command(args: argparse.Namespace) -> int:
+def run_command(args: argparse.Namespace, report: Report) -> int:
     _loaded, settings = _load(args)
+    report.identify(settings)
     _require_identity(settings)
     executor = executors.load(settings.executor_type, settings)
     state.ensure_directory(settings.state_dir)
     try:
         with state.job_lock(settings.state_dir, settings.job_id):
-            return _run_locked(settings, executor, json_output=args.json)
+            return _run_locked(settings, executor, report)
     except LockHeld:
         raise LockHeld(f"worker {settings.worker_id} is already running (another `run` holds its lock)") from None
 
 
-def _run_locked(settings: Settings, executor: executors.Executor, *, json_output: bool) -> int:
+def _run_locked(settings: Settings, executor: executors.Executor, report: Report) -> int:
     for warning in executor.warnings():
         log.warning("%s", warning)
     signals = StopSignals().install()
@@ -155,7 +208,6 @@ def _run_locked(settings: Settings, executor: executors.Executor, *, json_output
     tally.save(pid=os.getpid(), stoppedAt=None, stopReason=None)
     consumer = worker.Worker(settings=settings, executor=executor, client=client, stop=stop, tally=tally)
     beat = Heartbeat(settings=settings, session=session, client=client, stop=stop, tally=tally, worker=consumer)
-    started = time.monotonic()
     log.info(
         "worker %s taking tasks from %s (executor %s, server %s)",
         settings.worker_id,
@@ -174,25 +226,19 @@ def _run_locked(settings: Settings, executor: executors.Executor, *, json_output
         tally.save(stoppedAt=state.isoformat(state.now_utc()), stopReason=stop.reason or "ended", pid=None)
         client.close()
         session.close()
-    return _outcome(settings, stop, summary, seconds=time.monotonic() - started, json_output=json_output)
+    return _outcome(settings, stop, summary, report)
 
 
-def _outcome(
-    settings: Settings, stop: worker.Stop, summary: worker.Summary, *, seconds: float, json_output: bool
-) -> int:
-    """The exit code of a run that has ended, and its ``--json`` summary."""
-    if json_output:
-        cli.print_json(
-            {
-                "workerId": settings.worker_id,
-                "tasks": summary.handled,
-                "tasksDone": summary.done,
-                "tasksFailed": summary.failed,
-                "unpublished": summary.unpublished,
-                "stopReason": summary.stop_reason,
-                "durationSeconds": round(seconds, 3),
-            }
-        )
+def _outcome(settings: Settings, stop: worker.Stop, summary: worker.Summary, report: Report) -> int:
+    """The exit code of a run that has ended; what it did goes into its report."""
+    report.counts.update(
+        tasks=summary.handled, done=summary.done, failed=summary.failed, unpublished=summary.unpublished
+    )
+    report.details["stopReason"] = summary.stop_reason
+    report.message = (
+        f"{summary.handled} task(s): {summary.done} done, {summary.failed} failed, "
+        f"{summary.unpublished} unpublished; stopped: {summary.stop_reason}"
+    )
     if stop.exit_error is not None:
         raise stop.exit_error
     if summary.unpublished:
@@ -203,8 +249,9 @@ def _outcome(
     return Exit.OK
 
 
-def status_command(args: argparse.Namespace) -> int:
+def status_command(args: argparse.Namespace, report: Report) -> int:
     _loaded, settings = _load(args)
+    report.identify(settings)
     _require_identity(settings)
     facts_of_runs = record.read(settings)
     running = settings.state_dir.is_dir() and state.lock_is_held(settings.state_dir, settings.job_id)
@@ -238,9 +285,9 @@ def status_command(args: argparse.Namespace) -> int:
         "pending": pending,
         "deadLetters": dead_letters,
     }
-    if args.json:
-        cli.print_json(facts)
-    else:
+    report.details.update(facts)
+    report.message = f"worker {settings.worker_id}: " + ("running" if running else "not running")
+    if not args.json:
         _print_status(facts, redis_problem)
     if refused is not None:
         raise refused
@@ -275,8 +322,9 @@ def _print_status(facts: dict[str, Any], redis_problem: str) -> None:
         sys.stdout.write(redact(f"{label + ':':<16}{value}") + "\n")
 
 
-def unregister_command(args: argparse.Namespace) -> int:
+def unregister_command(args: argparse.Namespace, report: Report) -> int:
     _loaded, settings = _load(args)
+    report.identify(settings)
     _require_identity(settings)
     if settings.state_dir.is_dir() and state.lock_is_held(settings.state_dir, settings.job_id):
         raise TransientError(f"worker {settings.worker_id} is running: stop it before unregistering it")
@@ -297,8 +345,8 @@ def unregister_command(args: argparse.Namespace) -> int:
     finally:
         session.close()
     registration.forget_identity(settings.env_file)
-    if args.json:
-        cli.print_json({"workerId": settings.worker_id, "unregistered": True, "envFile": str(settings.env_file)})
-    else:
-        cli.print_line(f"unregistered worker {settings.worker_id}; removed its identity from {settings.env_file}")
+    report.details.update(unregistered=True, envFile=str(settings.env_file))
+    report.message = f"unregistered worker {settings.worker_id}; removed its identity from {settings.env_file}"
+    if not args.json:
+        cli.print_line(report.message)
     return Exit.OK

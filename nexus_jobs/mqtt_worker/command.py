@@ -21,9 +21,11 @@ import re
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from datetime import datetime
 from typing import Any
 
 from ..cli import frame as cli
+from ..cli.summary import result_object
 from ..core import processes, state
 from ..core.errors import ConfigError, JobError, TransientError
 from ..core.exits import Exit
@@ -34,6 +36,15 @@ from .joblog import JobLogRefused
 from .settings import OPTIONS, PROG, Settings, load_settings
 
 log = logging.getLogger("nexus_jobs.mqtt_worker")
+
+# How one cycle ended: ``details.cycle`` of the --json object (docs/mqtt.md).
+RAN = "ran"
+REPUBLISHED = "re-published"
+INVALID_POINTER = "invalid-pointer"
+NO_JOB = "no-job"
+STOPPED = "stopped"
+# ``type`` of the --json object.
+JSON_TYPE = PROG
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -48,25 +59,28 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def run(args: argparse.Namespace) -> int:
     """One cycle. Exit 0 when a job's result was published or no job came; 143 (SIGTERM) or
-    130 (SIGINT) when a stop signal came, whether the job was finished first or not."""
+    130 (SIGINT) when a stop signal came, whether the job was finished first or not. With
+    ``--json``, the one object of every command, printed here once the exit code is known,
+    also when the cycle ends with an error (``docs/mqtt.md``)."""
     started = state.now_utc()
-    settings = load_settings(args)
+    settings: Settings | None = None
     signals = StopSignals()
     try:
+        settings = load_settings(args)
         with signals:
-            outcome, result = work(settings, signals)
+            cycle, result = work(settings, signals)
     except JobError as error:
         exit_code = signals.exit_code or error.exit_code
         if args.json:
-            cli.print_json(
-                _summary(settings, started, outcome="error", result=None, exit_code=exit_code, message=str(error))
-            )
+            ended = STOPPED if signals.requested else None
+            cli.print_json(summary(settings, started, exit_code=exit_code, cycle=ended, message=_one_line(error)))
         if signals.exit_code is not None:
-            raise Stopped(str(error), exit_code) from None
+            raise Stopped(str(error), signals.exit_code) from None
         raise
     exit_code = signals.exit_code or Exit.OK
     if args.json:
-        cli.print_json(_summary(settings, started, outcome=outcome, result=result, exit_code=exit_code))
+        message = _describe(cycle, result, settings=settings, signal_name=signals.name)
+        cli.print_json(summary(settings, started, exit_code=exit_code, cycle=cycle, result=result, message=message))
     if exit_code != Exit.OK:
         log.info("stopped by %s", signals.name)
     return exit_code
@@ -80,25 +94,47 @@ class Stopped(JobError):
         self.exit_code = exit_code
 
 
-def _summary(
-    settings: Settings,
-    started: Any,
+def summary(
+    settings: Settings | None,
+    started: datetime,
     *,
-    outcome: str,
-    result: dict[str, Any] | None,
     exit_code: int,
+    cycle: str | None,
+    result: dict[str, Any] | None = None,
     message: str = "",
 ) -> dict[str, Any]:
-    return {
-        "worker": settings.worker_id,
-        "broker": settings.broker,
-        "outcome": outcome,
-        "exitCode": exit_code,
-        "startedAt": state.isoformat(started),
-        "durationSeconds": round((state.now_utc() - started).total_seconds(), 3),
-        "result": result,
-        "message": message,
-    }
+    """The run's ``--json`` object: the common keys, the cycle's facts under ``details``.
+    ``settings`` is None when they could not be loaded."""
+    return result_object(
+        job=settings.worker_id if settings else None,
+        job_type=JSON_TYPE,
+        exit_code=exit_code,
+        started=started,
+        duration_seconds=(state.now_utc() - started).total_seconds(),
+        message=message,
+        details={
+            "cycle": cycle,
+            "result": result,
+            "broker": settings.broker if settings else None,
+            "workerId": settings.worker_id if settings else None,
+        },
+    )
+
+
+def _describe(cycle: str, result: dict[str, Any] | None, *, settings: Settings, signal_name: str) -> str:
+    """The one-line ``message`` of a cycle that ended without an error."""
+    if cycle == NO_JOB:
+        return f"no job came within {settings.wait_timeout_seconds:g} s"
+    if cycle == STOPPED:
+        return f"stopped by {signal_name} before a job came"
+    if result is None:
+        return "invalid pointer without a usable id: dropped"
+    verb = {RAN: "ran", REPUBLISHED: "re-published the recorded result", INVALID_POINTER: "invalid pointer"}[cycle]
+    return f"job {result['id']}: {verb}, status {result['status']}"
+
+
+def _one_line(error: JobError) -> str:
+    return "; ".join(getattr(error, "problems", None) or [str(error)])
 
 
 # --- the one-shot flow ----------------------------------------------------------------
@@ -120,9 +156,9 @@ def work(settings: Settings, signals: StopSignals) -> tuple[str, dict[str, Any] 
         if message is None:
             if signals.requested:
                 log.info("stopped by a signal before a job came")
-                return "stopped", None
+                return STOPPED, None
             log.info("no job came within %g s", settings.wait_timeout_seconds)
-            return "no job", None
+            return NO_JOB, None
         return handle(message, session=session, settings=settings, signals=signals, record=record)
     finally:
         session.close()
@@ -178,10 +214,10 @@ def handle(
                     pointer.job_id,
                     recorded["status"],
                 )
-                outcome, result = "re-published", recorded
+                cycle, result = REPUBLISHED, recorded
             else:
-                outcome, result = (
-                    "ran",
+                cycle, result = (
+                    RAN,
                     execute(
                         pointer,
                         session=session,
@@ -193,7 +229,7 @@ def handle(
                 )
             report(session, settings=settings, result=result)
             acknowledge(session, message)
-            return outcome, result
+            return cycle, result
     except job.InvalidPointer as problem:
         return reject(problem, message=message, session=session, settings=settings, started_at=started_at)
 
@@ -218,7 +254,7 @@ def reject(
         )
         report(session, settings=settings, result=result)
     acknowledge(session, message)
-    return "invalid pointer", result
+    return INVALID_POINTER, result
 
 
 @contextmanager
