@@ -1,4 +1,4 @@
-"""P1 (SPEC 9): upload throughput on 2,000 transcripts (~200 MB, lognormal sizes).
+"""P1 (docs/benchmarks.md): upload throughput on 2,000 transcripts (~200 MB, lognormal sizes).
 
 (a) to a receiver that waits 30 ms per request: nexus-session-upload with default settings
     versus a naive sequential uploader (new connection, whole-file read per transcript).

@@ -1,4 +1,4 @@
-"""P3 (SPEC 9): start-up of a run that is not due, versus ``python3 -c pass`` on the same
+"""P3 (docs/benchmarks.md): start-up of a run that is not due, versus ``python3 -c pass`` on the same
 interpreter. Bar: within 3x.
 
 Run: .venv/bin/python -m bench.p3_startup [--runs 30]
