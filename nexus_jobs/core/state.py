@@ -16,7 +16,7 @@ import json
 import logging
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -105,12 +105,15 @@ def _remove_stale_temp_files(state_dir: Path, job_id: str) -> None:
             leftover.unlink()
 
 
-def read_json(path: Path, *, repair: bool, consequence: str = "") -> dict[str, Any] | None:
+def read_json(
+    path: Path, *, repair: bool, consequence: str = "", check: Callable[[dict[str, Any]], str | None] | None = None
+) -> dict[str, Any] | None:
     """The state file's contents, or None when it does not exist.
 
-    A file that does not parse is moved aside as ``<name>.corrupt-<timestamp>`` (only with
-    ``repair``, i.e. while the lock is held) and reported with ``consequence``; the caller
-    starts from an empty state. A file from a newer version is an error: never clobber it.
+    A file that does not parse, or in which ``check`` finds a problem of shape, is moved aside
+    as ``<name>.corrupt-<timestamp>`` (only with ``repair``, i.e. while the lock is held) and
+    reported with ``consequence``; the caller starts from an empty state. A file from a newer
+    version is an error: never clobber it.
     """
     try:
         raw = path.read_bytes()
@@ -122,7 +125,10 @@ def read_json(path: Path, *, repair: bool, consequence: str = "") -> dict[str, A
         data = json.loads(raw)
         if not isinstance(data, dict):
             raise ValueError("not a JSON object")
-    except (ValueError, UnicodeDecodeError) as error:
+        problem = check(data) if check is not None else None
+        if problem:
+            raise ValueError(problem)
+    except (ValueError, UnicodeDecodeError, RecursionError) as error:
         if repair:
             aside = path.with_name(f"{path.name}.corrupt-{now_utc().strftime('%Y%m%dT%H%M%SZ')}")
             os.replace(path, aside)

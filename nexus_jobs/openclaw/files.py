@@ -1,5 +1,7 @@
 """OpenClaw's transcript files (JSONL storage, releases up to 2026.7.1): which files of an
-agent's sessions directory are transcripts, and which of those are complete.
+agent's sessions directory are transcripts, and which of those are complete. In the SQLite
+era the same directory holds the archives OpenClaw exports when it deletes a session
+(``docs/openclaw.md``).
 
 Read-only by design: nothing here writes, moves or renames anything under OpenClaw's state
 directory; OpenClaw relies on its own names. What we have uploaded lives in our state file.
@@ -126,8 +128,10 @@ def scan(
             # Plain string tests, no regex and no Path objects: a sessions directory may hold
             # 100,000 files, and a run with nothing new must stay close to a bare stat walk.
             stem, dot_jsonl, rest = name.partition(TRANSCRIPT_SUFFIX)
-            if not dot_jsonl or ".trajectory" in stem or ".checkpoint." in stem:
-                continue  # sessions.json and its .bak files, trajectories, checkpoints, others
+            if not dot_jsonl or ".trajectory" in stem or ".checkpoint." in stem or name.endswith(".tmp"):
+                # sessions.json and its .bak files, trajectories, checkpoints, and the
+                # <name>.<uuid>.tmp files OpenClaw writes an archive to before it links it.
+                continue
             if not rest:
                 if not entry.is_dir(follow_symlinks=False):
                     result.present.add(name)
@@ -173,44 +177,6 @@ def scan(
     return result
 
 
-def scan_moved(
-    *,
-    agent_id: str,
-    directory: Path,
-    is_done: Callable[[str, int, int], bool],
-    is_covered: Callable[[str, str], bool],
-) -> Scan:
-    """Classify a directory of transcripts OpenClaw moved aside when it imported them into
-    SQLite (``session-sqlite-import-archive/``): each is final, so complete, unless
-    ``is_covered(session_id, name)`` (its session is in the database, or was uploaded
-    already). A missing directory holds nothing; others raise ``OSError`` when unlistable."""
-    result = Scan()
-    try:
-        entries = os.scandir(directory)
-    except FileNotFoundError:
-        return result
-    with entries:
-        for entry in entries:
-            name = entry.name
-            stem, dot_jsonl, rest = name.partition(TRANSCRIPT_SUFFIX)
-            if not dot_jsonl or ".trajectory" in stem or ".checkpoint." in stem:
-                continue
-            reason, _, stamp = rest[1:].partition(".")
-            archived = reason in ARCHIVE_REASONS and stamp and stamp != ZSTD_SUFFIX[1:]
-            if rest and not archived:
-                continue  # .lock files and names we do not know
-            info = entry.stat(follow_symlinks=False)
-            if stat.S_ISDIR(info.st_mode):
-                continue
-            session_id = stem.partition(TOPIC_SEPARATOR)[0]
-            result.present.add(name)
-            if is_done(name, info.st_size, info.st_mtime_ns) or is_covered(session_id, name):
-                result.unchanged += 1
-            else:
-                result.complete.append(_transcript(entry, info, agent_id, session_id, reason if archived else None))
-    return result
-
-
 def _transcript(
     entry: os.DirEntry[str], info: os.stat_result, agent_id: str, session_id: str, archive_reason: str | None
 ) -> Transcript:
@@ -226,24 +192,6 @@ def _transcript(
         stat.S_ISLNK(info.st_mode),
         stat.S_ISREG(info.st_mode),
     )
-
-
-def transcript_size(transcript: Transcript) -> int | None:
-    """The transcript's size without reading it: the file's, or for a ``.zst`` archive the
-    size its frame header declares (None when it declares none or cannot be read)."""
-    if not transcript.compressed:
-        return transcript.size
-    if transcript.is_symlink or not transcript.is_regular:
-        return None
-    import zstandard  # imported here: only .zst archives need it
-
-    try:
-        descriptor = os.open(transcript.path, os.O_RDONLY | os.O_NOFOLLOW)
-        with os.fdopen(descriptor, "rb") as handle:
-            size = zstandard.frame_content_size(handle.read(18))
-    except (OSError, zstandard.ZstdError):
-        return None
-    return size if size >= 0 else None
 
 
 def read_bytes(transcript: Transcript, *, limit: int) -> bytes:
