@@ -55,7 +55,11 @@ def snapshot(root: Path) -> dict[str, tuple[bytes, int, int]]:
 
 
 def markers(env: dict[str, str], job_id: str = "session-upload") -> dict[str, dict[str, dict[str, object]]]:
-    return json.loads((Path(env["NEXUS_STATE_DIR"]) / f"{job_id}.markers.json").read_text())["agents"]
+    """The markers of the run's one destination, by agent."""
+    document = json.loads((Path(env["NEXUS_STATE_DIR"]) / f"{job_id}.markers.json").read_text())
+    (destination,) = document["destinations"].values()
+    agents: dict[str, dict[str, dict[str, object]]] = destination["agents"]
+    return agents
 
 
 # --- completion rules -------------------------------------------------------------------

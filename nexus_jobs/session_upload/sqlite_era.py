@@ -85,7 +85,6 @@ class DatabasePart:
     settlements: list[Settlement] = field(default_factory=list)
     # Marker keys of everything listed; None when something could not be listed (no pruning).
     present: set[str] | None = field(default_factory=set)
-    archive_files: set[str] = field(default_factory=set)  # taken over from the JSONL scan
     markers_changed: bool = False
 
 
@@ -131,7 +130,6 @@ def scan(
     for session in found.sessions:
         planner.session(session, last_complete=_last_complete(session, now_ms=now_ms, grace_ms=grace_ms))
     for archive in archives:
-        part.archive_files.add(archive.name)
         planner.archive(
             archive.name, path=archive.path, fingerprint=archive.fingerprint(), compressed=archive.compressed
         )
@@ -354,14 +352,21 @@ def load_archive(database: Path, name: str, path: str | None) -> bytes:
     """An archive's transcript: the exported file when there is one, else the table's row."""
     if path is not None:
         raw = openclaw_db.read_file(Path(path))
-        compressed = name.endswith(openclaw.ZSTD_SUFFIX)
+        if not name.endswith(openclaw.ZSTD_SUFFIX):
+            return raw
+        try:
+            return openclaw_db.decompress(raw, limit=openclaw_db.ARCHIVE_LIMIT_BYTES, what=f"archive {name}")
+        except ValueError:
+            # The table holds the same archive (the file is its export): read it there.
+            if openclaw_db.archive_blob(database, name) is None:
+                raise
+        row = openclaw_db.archive_blob(database, name)
     else:
         row = openclaw_db.archive_blob(database, name)
-        if row is None:
-            raise OSError(f"{name} is no longer in the archives table")
-        encoding, raw = row
-        compressed = encoding == "zstd"
-    if not compressed:
+    if row is None:
+        raise OSError(f"{name} is no longer in the archives table")
+    encoding, raw = row
+    if encoding != "zstd":
         return raw
     return openclaw_db.decompress(raw, limit=openclaw_db.ARCHIVE_LIMIT_BYTES, what=f"archive {name}")
 

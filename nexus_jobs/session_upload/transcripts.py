@@ -93,7 +93,9 @@ def scan_agent(
         )
     counts["waiting"] += files.live + files.locked + files.in_grace + files.without_index
     counts["unchanged"] += files.unchanged
-    result.items.extend(item for item in files.complete if item.name not in database.archive_files)
+    # With a session database, archives are cut into segments (sqlite_era); while it cannot
+    # be read they wait with it: only the database tells which of their events were sent.
+    result.items.extend(item for item in files.complete if not (database.found and item.archive_reason))
     result.items.extend(database.complete)
     result.settlements = database.settlements
     result.markers_changed = database.markers_changed

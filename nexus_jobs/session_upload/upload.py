@@ -85,7 +85,7 @@ def _send_concurrently(
     failures_in_a_row = 0
     give_up_after = max(3, settings.concurrency)
     bar = cli.progress(total=len(items), description="uploading", enabled=settings.show_progress)
-    pending = iter(items)
+    pending = _Queue(items)
     in_flight: dict[concurrent.futures.Future[Sent], Item] = {}
     refused: StoreAnswer | None = None
     answered = 0  # answers from the backend, whatever they said
@@ -94,9 +94,10 @@ def _send_concurrently(
             while True:
                 stop = refused is not None or failures_in_a_row >= give_up_after
                 while not stop and len(in_flight) < settings.concurrency * 2:
-                    item = next(pending, None)
+                    item = pending.next(busy={(item.agent_id, item.session_id) for item in in_flight.values()})
                     if item is None:
                         break
+                    # Taken when the session's earlier segments have their answers recorded.
                     before = upload_markers.sent_before(markers[item.agent_id], item)
                     in_flight[pool.submit(_send, item, before, store=store, settings=settings)] = item
                 if not in_flight:
@@ -115,7 +116,7 @@ def _send_concurrently(
         finally:
             bar.close()
             store.close()
-    left = sum(1 for _ in pending)
+    left = pending.left()
     if refused is not None:
         raise AuthError(f"{refused.detail}; stopped ({left} transcript(s) left for the next run)")
     if failures_in_a_row >= give_up_after or (failures_in_a_row and not answered):
@@ -125,6 +126,29 @@ def _send_concurrently(
             f"{left + summary.counts['failed']} transcript(s) left for the next run"
         )
         log.error("%s", summary.failures[-1])
+
+
+class _Queue:
+    """Items in order, except that a session's segments go one at a time: a 409 without
+    sha256 is judged by what was sent of its session before (docs/nexus.md)."""
+
+    def __init__(self, items: list[Item]) -> None:
+        self.items = iter(items)
+        self.deferred: list[Item] = []
+
+    def next(self, *, busy: set[tuple[str, str]]) -> Item | None:
+        for index, item in enumerate(self.deferred):
+            if (item.agent_id, item.session_id) not in busy:
+                return self.deferred.pop(index)
+        for item in self.items:
+            if isinstance(item, sqlite_era.Segment) and (item.agent_id, item.session_id) in busy:
+                self.deferred.append(item)
+                continue
+            return item
+        return None
+
+    def left(self) -> int:
+        return len(self.deferred) + sum(1 for _ in self.items)
 
 
 def _open_store(settings: Settings) -> nexus_sessions.SessionStore:
