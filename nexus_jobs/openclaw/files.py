@@ -39,6 +39,7 @@ class Transcript(NamedTuple):
     compressed: bool = False
     is_symlink: bool = False
     is_regular: bool = True
+    name_not_utf8: bool = False  # ``name`` is then :func:`printable`'s form of it
 
     @property
     def upload_name(self) -> str:
@@ -87,6 +88,8 @@ def read_index(sessions_dir: Path) -> tuple[set[str], set[str]] | str:
         index = json.loads(raw)
     except (ValueError, UnicodeDecodeError) as error:
         return f"sessions.json is not valid JSON ({str(error)[:60]})"
+    except RecursionError:
+        return "sessions.json is nested too deep to read"
     if not isinstance(index, dict):
         return "sessions.json is not a JSON object"
     session_ids: set[str] = set()
@@ -121,10 +124,10 @@ def scan(
     """
     result = Scan()
     locks: set[str] = set()
-    plain: list[tuple[os.DirEntry[str], str]] = []
+    plain: list[tuple[os.DirEntry[str], str, str]] = []
     with os.scandir(sessions_dir) as entries:
         for entry in entries:
-            name = entry.name
+            name = entry.name if entry.name.isascii() else printable(entry.name)
             # Plain string tests, no regex and no Path objects: a sessions directory may hold
             # 100,000 files, and a run with nothing new must stay close to a bare stat walk.
             stem, dot_jsonl, rest = name.partition(TRANSCRIPT_SUFFIX)
@@ -135,7 +138,7 @@ def scan(
             if not rest:
                 if not entry.is_dir(follow_symlinks=False):
                     result.present.add(name)
-                    plain.append((entry, stem.partition(TOPIC_SEPARATOR)[0]))
+                    plain.append((entry, name, stem.partition(TOPIC_SEPARATOR)[0]))
                 continue
             if rest == ".lock":
                 locks.add(stem + TRANSCRIPT_SUFFIX)
@@ -150,7 +153,8 @@ def scan(
             if is_done(name, info.st_size, info.st_mtime_ns):
                 result.unchanged += 1
             else:
-                result.complete.append(_transcript(entry, info, agent_id, stem.partition(TOPIC_SEPARATOR)[0], reason))
+                session_id = stem.partition(TOPIC_SEPARATOR)[0]
+                result.complete.append(_transcript(entry, name, info, agent_id, session_id, reason))
     if not plain:
         return result
     index = read_index(sessions_dir)
@@ -161,37 +165,48 @@ def scan(
         return result
     live_ids, live_files = index
     grace_ns = int(grace_seconds * 1e9)
-    for entry, session_id in plain:
-        if session_id in live_ids or entry.name in live_files:
+    for entry, name, session_id in plain:
+        if session_id in live_ids or name in live_files:
             result.live += 1
-        elif entry.name in locks:
+        elif name in locks:
             result.locked += 1
         else:
             info = entry.stat(follow_symlinks=False)
-            if is_done(entry.name, info.st_size, info.st_mtime_ns):
+            if is_done(name, info.st_size, info.st_mtime_ns):
                 result.unchanged += 1
             elif now_ns - info.st_mtime_ns < grace_ns:
                 result.in_grace += 1
             else:
-                result.complete.append(_transcript(entry, info, agent_id, session_id, None))
+                result.complete.append(_transcript(entry, name, info, agent_id, session_id, None))
     return result
 
 
 def _transcript(
-    entry: os.DirEntry[str], info: os.stat_result, agent_id: str, session_id: str, archive_reason: str | None
+    entry: os.DirEntry[str], name: str, info: os.stat_result, agent_id: str, session_id: str, archive_reason: str | None
 ) -> Transcript:
     return Transcript(
         agent_id,
         entry.path,
-        entry.name,
+        name,
         session_id,
         archive_reason,
         info.st_size,
         info.st_mtime_ns,
-        archive_reason is not None and entry.name.endswith(ZSTD_SUFFIX),
+        archive_reason is not None and name.endswith(ZSTD_SUFFIX),
         stat.S_ISLNK(info.st_mode),
         stat.S_ISREG(info.st_mode),
+        name != entry.name,
     )
+
+
+def printable(name: str) -> str:
+    """A file name that is not valid UTF-8 (its bytes arrive as surrogates), with those bytes
+    written as ``\\xNN``: what its marker is keyed by and what messages show."""
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        return name.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    return name
 
 
 def read_bytes(transcript: Transcript, *, limit: int) -> bytes:

@@ -111,9 +111,7 @@ def read_item(item: Item, *, max_bytes: int) -> Upload | StoreAnswer:
     """The transcript's bytes (a ``.zst`` archive decompressed; a segment with its session's
     header line), checked the way the server would check them: at most ``max_bytes``,
     UTF-8. A failed check is a local rejection."""
-    try:
-        item.upload_name.encode("utf-8")
-    except UnicodeEncodeError:
+    if isinstance(item, openclaw.Transcript) and item.name_not_utf8:
         return StoreAnswer(REJECTED, "its file name is not valid UTF-8 (Nexus takes names as UTF-8 text); not sent")
     content = _read(item, limit=max_bytes + 1)
     if isinstance(content, StoreAnswer):
