@@ -167,7 +167,7 @@ def test_complete_segments_of_every_source_are_sent_and_openclaw_is_untouched(
     main = tree.writers["main"]
     segment = markers(env)["main"][next(name for name in tree.expected_uploads if ".jsonl.reset." in name
                                         and name.startswith(main.session_id))]  # fmt: skip
-    assert {"session", "first", "last", "events", "sha256", "status"} <= set(segment)
+    assert {"session", "first", "last", "sha256", "status"} <= set(segment)
     assert segment["status"] == "uploaded" and segment["session"] == main.session_id
 
 

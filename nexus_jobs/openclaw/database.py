@@ -30,7 +30,6 @@ to OpenClaw and, by the second rule, to us.
 
 from __future__ import annotations
 
-import json
 import os
 import time
 from collections.abc import Callable
@@ -43,8 +42,6 @@ from .agents import DATABASE_NAME
 if TYPE_CHECKING:
     import sqlite3
 
-IMPORT_ARCHIVE_NAME = "session-sqlite-import-archive"
-COLD_DIR_NAME = "cold"
 # A locked database is waited for about 3 s in all; a writer that opens and closes the
 # database around us (its -wal coming and going) gets several quick attempts.
 BUSY_TIMEOUT_SECONDS = 0.5
@@ -53,8 +50,8 @@ RETRY_PAUSE_SECONDS = 0.05
 # The schema versions (PRAGMA user_version) this release was checked against with the real
 # OpenClaw (docs/openclaw.md); others are read when their tables have what is needed.
 CHECKED_SCHEMA_VERSIONS = (23,)
-# Deletion archives and cold files hold whole sessions: decompressed, at most this much.
-ARCHIVE_LIMIT_BYTES = 256 << 20
+# One event row holds at most 4 MiB (the table's CHECK).
+ROW_LIMIT_BYTES = 4 << 20
 T = TypeVar("T")
 # Tables a session database has; a database with none of them predates SQLite sessions
 # (2026.6.5 to 2026.7.1 keep only auth and agent state there): nothing to read, nothing to say.
@@ -122,12 +119,6 @@ def database_path(sessions_dir: Path) -> Path:
     return sessions_dir.parent / "agent" / DATABASE_NAME
 
 
-def import_archive_dirs(sessions_dir: Path) -> list[Path]:
-    """Where OpenClaw moves the JSONL transcripts it imported: ``sessions/<archive>/`` as
-    described for the first SQLite builds, and ``agents/<agentId>/<archive>/`` beside it."""
-    return [sessions_dir / IMPORT_ARCHIVE_NAME, sessions_dir.parent / IMPORT_ARCHIVE_NAME]
-
-
 def is_run_key(session_key: str) -> bool:
     """A key OpenClaw never continues: ``agent:<id>:cron:...`` and the like (see above)."""
     rest = session_key
@@ -192,7 +183,12 @@ def _run_over(connection: sqlite3.Connection, windows: set[str]) -> set[str]:
     ended += ["ended_at IS NOT NULL"] if "ended_at" in windows else []
     if not ended:
         return set()
-    rows = connection.execute(f"SELECT session_id, session_key FROM session_windows WHERE {' OR '.join(ended)}")
+    # SQLite narrows the rows down to the key shapes (GLOB is case-sensitive, as keys are);
+    # is_run_key decides.
+    shapes = " OR ".join(f"session_key GLOB '*{prefix}*'" for prefix in RUN_KEY_PREFIXES)
+    rows = connection.execute(
+        f"SELECT session_id, session_key FROM session_windows WHERE ({' OR '.join(ended)}) AND ({shapes})"
+    )
     return {session_id for session_id, key in rows if isinstance(key, str) and is_run_key(key)}
 
 
@@ -229,12 +225,10 @@ def _columns(connection: sqlite3.Connection) -> dict[str, set[str]]:
     return found
 
 
-def session_lines(database: Path, session: SessionRow, *, sessions_dir: Path) -> list[tuple[int, bytes]]:
-    """The session's lines as ``(seq, bytes)`` in seq order, the header (seq 0) first: from
-    ``transcript_events``, or from its cold archive. Raises :class:`DatabaseBusy`,
-    :class:`DatabaseUnreadable`, or ``ValueError`` for content that cannot be read."""
-    if session.cold is not None:
-        return _cold_lines(database, session, sessions_dir=sessions_dir)
+def event_rows(database: Path, session: SessionRow) -> list[tuple[int, bytes]]:
+    """The session's rows in ``transcript_events`` as ``(seq, line)``, large events
+    decompressed, up to its fingerprint's last seq. Raises :class:`DatabaseBusy`,
+    :class:`DatabaseUnreadable`, or ``ValueError`` for an event that cannot be read."""
 
     def read(connection: sqlite3.Connection) -> list[tuple[int, bytes]]:
         zstd = "event_zstd" if "event_zstd" in _columns(connection).get("transcript_events", set()) else "NULL"
@@ -250,37 +244,16 @@ def session_lines(database: Path, session: SessionRow, *, sessions_dir: Path) ->
 
 def _line(seq: int, event: bytes | None, compressed: bytes | None) -> bytes:
     if event is None and compressed is not None:
-        event = decompress(compressed, limit=ARCHIVE_LIMIT_BYTES, what=f"event {seq}")
+        import zstandard  # imported here: only compressed events need it
+
+        try:
+            # OpenClaw's per-event frames declare their size (docs/openclaw.md, "event_zstd").
+            event = zstandard.ZstdDecompressor().decompress(compressed, max_output_size=ROW_LIMIT_BYTES)
+        except zstandard.ZstdError as error:
+            raise ValueError(f"event {seq} is not valid zstd ({error})") from None
     if event is None:
         raise ValueError(f"event {seq} has no content")
     return event[:-1] if event.endswith(b"\n") else event
-
-
-def _cold_lines(database: Path, session: SessionRow, *, sessions_dir: Path) -> list[tuple[int, bytes]]:
-    assert session.cold is not None
-
-    def read_blob(connection: sqlite3.Connection) -> bytes | None:
-        row = connection.execute(
-            "SELECT archive_blob FROM session_transcript_cold_archives WHERE session_id = ?", (session.session_id,)
-        ).fetchone()
-        return row[0] if row else None
-
-    columns = run_read(database, _columns).get("session_transcript_cold_archives", set())
-    blob = run_read(database, read_blob) if "archive_blob" in columns else None
-    if blob is None:
-        blob = read_file(sessions_dir / COLD_DIR_NAME / session.cold)
-    lines: list[tuple[int, bytes]] = []
-    for raw in decompress(blob, limit=ARCHIVE_LIMIT_BYTES, what=f"cold archive {session.cold}").splitlines():
-        try:
-            record = json.loads(raw)
-        except (ValueError, RecursionError):
-            raise ValueError(f"cold archive {session.cold} holds a line that is not JSON") from None
-        if isinstance(record, dict) and record.get("kind") == "event" and isinstance(record.get("row"), dict):
-            row = record["row"]
-            if isinstance(row.get("seq"), int) and isinstance(row.get("event_json"), str):
-                lines.append((row["seq"], row["event_json"].encode("utf-8", "surrogateescape")))
-    lines.sort()
-    return lines
 
 
 def archive_blob(database: Path, name: str) -> tuple[str, bytes] | None:
@@ -295,34 +268,18 @@ def archive_blob(database: Path, name: str) -> tuple[str, bytes] | None:
     return run_read(database, read)
 
 
-def read_file(path: Path) -> bytes:
-    """A file of OpenClaw's, never through a symbolic link. Raises ``OSError``."""
-    descriptor = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
-    with os.fdopen(descriptor, "rb") as handle:
-        return handle.read()
+def cold_blob(database: Path, session_id: str) -> bytes | None:
+    """The cold archive a session's row keeps in the database (``storage='sqlite'``), or None."""
 
+    def read(connection: sqlite3.Connection) -> bytes | None:
+        if "archive_blob" not in _columns(connection).get("session_transcript_cold_archives", set()):
+            return None
+        row = connection.execute(
+            "SELECT archive_blob FROM session_transcript_cold_archives WHERE session_id = ?", (session_id,)
+        ).fetchone()
+        return row[0] if row else None
 
-def decompress(blob: bytes, *, limit: int, what: str) -> bytes:
-    """A zstd frame, with or without a declared content size (node's zstd declares none for
-    archives). Raises ``ValueError`` when it does not decompress or exceeds ``limit``."""
-    import io
-
-    import zstandard  # imported here: only compressed content needs it
-
-    chunks, size = [], 0
-    try:
-        with zstandard.ZstdDecompressor().stream_reader(io.BytesIO(blob)) as reader:
-            while size <= limit:
-                chunk = reader.read(min(1 << 20, limit + 1 - size))
-                if not chunk:
-                    break
-                chunks.append(chunk)
-                size += len(chunk)
-    except zstandard.ZstdError as error:
-        raise ValueError(f"{what} is not valid zstd ({error})") from None
-    if size > limit:
-        raise ValueError(f"{what} decompresses to more than {limit} bytes")
-    return b"".join(chunks)
+    return run_read(database, read)
 
 
 def run_read(database: Path, work: Callable[[sqlite3.Connection], T]) -> T:

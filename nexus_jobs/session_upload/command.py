@@ -12,25 +12,24 @@ import argparse
 import logging
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
-from pathlib import Path
+from typing import Any
 
 from ..cli import frame as cli
 from ..core import config, state
 from ..core.errors import UsageError
 from ..core.exits import Exit
 from ..nexus import settings as nexus_settings
-from ..nexus.settings import NexusSettings
-from ..openclaw.agents import Agent
 from ..openclaw.agents import resolve_agents as agents_of
 from . import markers as upload_markers
 from . import transcripts, upload
+from .settings import Settings
 
 PROG = "nexus-session-upload"
 JOB_TYPE = "session_upload"
 DEFAULT_JOB_ID = "session-upload"
 SERVER_LIMIT_BYTES = 10_485_760
 MARKERS_NAME = "markers"
+PRUNE_INTERVAL_SECONDS = 86400.0
 
 log = logging.getLogger("nexus_jobs")
 
@@ -68,22 +67,6 @@ OPTIONS = (
         minimum=0,
     ),
 )
-
-
-@dataclass(frozen=True)
-class Settings:
-    job_id: str
-    state_dir: Path
-    agents: tuple[Agent, ...]
-    endpoint: str
-    nexus: NexusSettings
-    grace_seconds: float
-    concurrency: int
-    max_bytes: int
-    retention_seconds: float
-    retry_rejected: bool
-    store_root: Path | None
-    show_progress: bool
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -157,8 +140,9 @@ def upload_all(settings: Settings, *, dry_run: bool) -> cli.RunSummary:
     converting = "agents" in document
     markers = upload_markers.of_destination(document, destination(settings))
     checkpoints = state.Checkpointer(markers_path)
-    checkpoints.pending_changes += converting and not dry_run
-    plan = _scan(settings, markers, summary=summary, dry_run=dry_run)
+    prune = not dry_run and _prune_due(document, destination(settings), settings.retention_seconds)
+    checkpoints.pending_changes += (converting or prune) and not dry_run
+    plan = _scan(settings, markers, summary=summary, prune=prune)
     checkpoints.pending_changes += plan.markers_changed and not dry_run
     if dry_run:
         for item in plan.items:
@@ -193,8 +177,20 @@ def destination(settings: Settings) -> str:
     return f"{parts.scheme}://{host}{parts.path.rstrip('/')}"
 
 
+def _prune_due(document: dict[str, Any], where: str, retention_seconds: float) -> bool:
+    """Whether this run forgets markers of what is gone: at most once a tenth of the retention
+    period (and a day), as going through every marker is most of a nothing-new run's time."""
+    entry = document["destinations"][where]
+    now = time.time()
+    last = entry.get("prunedAt")
+    if isinstance(last, (int, float)) and 0 <= now - last < min(PRUNE_INTERVAL_SECONDS, retention_seconds / 10):
+        return False
+    entry["prunedAt"] = now
+    return True
+
+
 def _scan(
-    settings: Settings, markers: dict[str, upload_markers.AgentMarkers], *, summary: cli.RunSummary, dry_run: bool
+    settings: Settings, markers: dict[str, upload_markers.AgentMarkers], *, summary: cli.RunSummary, prune: bool
 ) -> upload.Plan:
     plan = upload.Plan()
     now_ns = time.time_ns()
@@ -208,7 +204,7 @@ def _scan(
             retry_rejected=settings.retry_rejected,
             retention_seconds=settings.retention_seconds,
             summary=summary,
-            prune=not dry_run,
+            prune=prune,
         )
         plan.items.extend(found.items)
         plan.settlements.extend((agent.agent_id, settlement) for settlement in found.settlements)

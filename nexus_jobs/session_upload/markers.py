@@ -60,24 +60,37 @@ def of_destination(document: dict[str, Any], destination: str) -> dict[str, Agen
 
 
 def new_marker(item: Item, *, status: str, response: str, sha256: str | None) -> dict[str, Any]:
-    marker: dict[str, Any] = {**item.fingerprint(), "status": status, "response": response, "at": _now()}
+    marker: dict[str, Any] = {**item.fingerprint(), "status": status, "at": _now()}
+    if response != "200 stored" or not isinstance(item, Segment):
+        marker["response"] = response  # a segment's plain success goes unsaid: there are many
     if sha256 is not None:
         marker["sha256"] = sha256
     return marker
 
 
-def sent_before(agent_markers: AgentMarkers, item: Item) -> frozenset[str]:
-    """sha256 of what was sent earlier under the item's name or its session id: a 409
-    without sha256 proves nothing when there is such earlier content (docs/nexus.md)."""
-    digests = set()
-    marker = agent_markers.get(item.name)
-    if marker is not None and isinstance(marker.get("sha256"), str):
-        digests.add(marker["sha256"])
-    for other in agent_markers.values():
-        same_session = other.get("status") == "uploaded" and other.get("session") == item.session_id
-        if same_session and isinstance(other.get("sha256"), str):
-            digests.add(other["sha256"])
-    return frozenset(digests)
+class SentDigests:
+    """sha256 of what was sent earlier under each name and session id of an agent: a 409
+    without sha256 proves nothing when the content differs from one of them (docs/nexus.md).
+    Built once per run (a lookup per upload must not walk every marker)."""
+
+    def __init__(self, agent_markers: AgentMarkers) -> None:
+        self.by_session: dict[str, set[str]] = {}
+        for marker in agent_markers.values():
+            if marker.get("status") == "uploaded" and isinstance(marker.get("sha256"), str):
+                self.add(marker.get("session"), marker["sha256"])
+        self.agent_markers = agent_markers
+
+    def add(self, session_id: object, sha256: str) -> None:
+        """Record what was sent of a session (a segment's; a JSONL file is judged by name)."""
+        if isinstance(session_id, str):
+            self.by_session.setdefault(session_id, set()).add(sha256)
+
+    def before(self, item: Item) -> frozenset[str]:
+        digests = set(self.by_session.get(item.session_id, ()))
+        marker = self.agent_markers.get(item.name)
+        if marker is not None and isinstance(marker.get("sha256"), str):
+            digests.add(marker["sha256"])
+        return frozenset(digests)
 
 
 def done_check(agent_markers: dict[str, dict[str, Any]], *, retry_rejected: bool) -> Callable[[str, int, int], bool]:
@@ -93,14 +106,14 @@ def done_check(agent_markers: dict[str, dict[str, Any]], *, retry_rejected: bool
     return is_done
 
 
-def prune(agent_markers: dict[str, dict[str, Any]], *, present: set[str], retention_seconds: float) -> bool:
-    """Forget markers of files gone for the retention period; True if anything changed."""
+def prune(agent_markers: AgentMarkers, *, names: set[str], sessions: set[str], retention_seconds: float) -> bool:
+    """Forget markers of files (``names`` are there) and of sessions' segments and records
+    (``sessions`` are there) gone for the retention period; True if anything changed."""
     changed = False
     now = time.time()
-    for name in list(agent_markers):
-        marker = agent_markers[name]
+    for name, marker in list(agent_markers.items()):
         gone_since = marker.get("goneSince")
-        if name in present:
+        if name in names or marker.get("session", "") in sessions:
             if gone_since is not None:
                 del marker["goneSince"]
                 changed = True
@@ -115,7 +128,7 @@ def prune(agent_markers: dict[str, dict[str, Any]], *, present: set[str], retent
 
 def describe_change(marker: dict[str, Any], item: Item) -> str:
     if isinstance(item, Segment):
-        return f"{marker.get('events')} -> {item.end - item.start} events"
+        return f"its events up to {marker.get('last')} -> up to {item.last}"
     return f"{marker.get('size')} -> {item.size} bytes"
 
 

@@ -11,21 +11,23 @@ and only the part of a segment no marker covers is sent. A session whose events 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple
 
 from ..cli import frame as cli
 from ..core import state
+from ..openclaw import archives, segments
 from ..openclaw import database as openclaw_db
 from ..openclaw import files as openclaw
-from ..openclaw import segments
 from ..openclaw.agents import Agent
 
 log = logging.getLogger("nexus_jobs")
 SESSION_RECORD_PREFIX = "session:"
 SETTLED_STATUSES = ("uploaded", "rejected", "conflict")
+# An archive all of whose segments have an answer (they carry the status, not the archive).
+COVERED = "covered"
+FINGERPRINT_KEYS = ("size", "mtimeNs", "rows", "lastSeq", "settled")
 
 
 class Source(NamedTuple):
@@ -65,7 +67,7 @@ class Segment(NamedTuple):
         return f"{self.end - self.start} events"
 
     def fingerprint(self) -> dict[str, Any]:
-        return {"session": self.session_id, "first": self.first, "last": self.last, "events": self.end - self.start}
+        return {"session": self.session_id, "first": self.first, "last": self.last}
 
 
 @dataclass(slots=True, eq=False)
@@ -83,8 +85,10 @@ class DatabasePart:
     found: bool = False
     complete: list[Segment] = field(default_factory=list)
     settlements: list[Settlement] = field(default_factory=list)
-    # Marker keys of everything listed; None when something could not be listed (no pruning).
-    present: set[str] | None = field(default_factory=set)
+    # What is there, for pruning markers: archive names, and session ids (of the database's
+    # sessions and the archives'); None when the database could not be read (no pruning).
+    archive_names: set[str] = field(default_factory=set)
+    sessions: set[str] | None = field(default_factory=set)
     markers_changed: bool = False
 
 
@@ -108,12 +112,12 @@ def scan(
     except openclaw_db.DatabaseBusy as error:
         log.warning("%s: %s; its database is skipped until the next run", where, error)
         summary.details.setdefault("databasesBusy", []).append(agent.agent_id)
-        part.found, part.present = True, None
+        part.found, part.sessions = True, None
         return part
     except openclaw_db.DatabaseUnreadable as error:
         summary.failures.append(f"{where}: cannot read {error}")
         log.error("%s", summary.failures[-1])
-        part.found, part.present = True, None
+        part.found, part.sessions = True, None
         return part
     part.found = found.found
     for problem in found.problems:
@@ -123,24 +127,22 @@ def scan(
     if not found.found:
         return part
     if not found.usable:
-        part.present = None
+        part.sessions = None
         return part
     planner = _Planner(agent, agent_markers, database=database, retry_rejected=retry_rejected, summary=summary)
     grace_ms = grace_seconds * 1000
     for session in found.sessions:
         planner.session(session, last_complete=_last_complete(session, now_ms=now_ms, grace_ms=grace_ms))
     for archive in archives:
-        planner.archive(
-            archive.name, path=archive.path, fingerprint=archive.fingerprint(), compressed=archive.compressed
-        )
+        planner.archive(archive.name, path=archive.path, fingerprint=archive.fingerprint())
     listed = {archive.name for archive in archives}
     for row in found.archives:
         if row.name not in listed and row.name not in agent_markers:
-            planner.archive(row.name, path=None, fingerprint={}, compressed=None)
+            planner.archive(row.name, path=None, fingerprint={})
     part.complete, part.settlements = planner.segments, planner.settlements
     part.markers_changed = planner.markers_changed
-    assert part.present is not None
-    part.present |= planner.present_keys(found, listed)
+    part.archive_names = listed | {row.name for row in found.archives}
+    part.sessions = {session.session_id for session in found.sessions} | {row.session_id for row in found.archives}
     return part
 
 
@@ -194,7 +196,7 @@ class _Planner:
             return
         source = Source(str(self.database), session=session, sessions_dir=str(self.agent.sessions_dir))
         try:
-            lines = openclaw_db.session_lines(self.database, session, sessions_dir=self.agent.sessions_dir)
+            lines = archives.session_lines(self.database, session, sessions_dir=self.agent.sessions_dir)
         except (openclaw_db.DatabaseBusy, openclaw_db.DatabaseUnreadable, OSError, ValueError) as error:
             self._failed(f"session {session.session_id}", error)
             return
@@ -212,20 +214,20 @@ class _Planner:
             stamp_ms=session.last_event_ms,
         )
 
-    def archive(self, name: str, *, path: str | None, fingerprint: dict[str, int], compressed: bool | None) -> None:
+    def archive(self, name: str, *, path: str | None, fingerprint: dict[str, int]) -> None:
         try:
-            content = load_archive(self.database, name, path)
+            content = archives.archive_content(self.database, name, path)
         except (openclaw_db.DatabaseBusy, openclaw_db.DatabaseUnreadable, OSError) as error:
             self._failed(name, error)
             return
         except ValueError as error:
             self._reject(name, fingerprint, str(error))
             return
-        parts = segments.parse_archive_name(name.removesuffix(".zst") if compressed is False else name)
+        parts = segments.parse_archive_name(name)
         reason = str(parts["reason"]) if parts else "deleted"
         stamp = str(parts["stamp"]) if parts else None
         source = Source(str(self.database), archive_name=name, archive_path=path)
-        value = {**fingerprint, "status": "uploaded", "response": "its segments were sent", "at": _now()}
+        value = {**fingerprint, "status": COVERED, "at": _now()}
         lines = content.split(b"\n")
         if lines and lines[-1] == b"":
             lines.pop()
@@ -242,16 +244,16 @@ class _Planner:
         final: str | None,
         adopt: bool = False,
         stamp: str | None = None,
-        stamp_ms: int = 0,
+        stamp_ms: int = 0,  # a last segment's time when the source has no archive name
     ) -> None:
         """Cut ``lines`` (header first) into segments; plan what was not sent."""
         where = settle_key if session_id is None else f"session {session_id}"
         try:
             header_id = segments.check_header(lines[0] if lines else b"")
         except segments.HeaderMissing as error:
-            self._reject(
-                settle_key, {k: v for k, v in settle_value.items() if k in ("size", "mtimeNs")}, f"{where}: {error}"
-            )
+            # Keeps the fingerprint, so an unchanged session is not read again.
+            kept = {key: value for key, value in settle_value.items() if key in FINGERPRINT_KEYS}
+            self._reject(settle_key, kept, f"{where}: {error}")
             return
         session_id = session_id or header_id
         events = [segments.event_of(index, line) for index, line in enumerate(lines[1:], 1)]
@@ -266,7 +268,7 @@ class _Planner:
                 if final is None or not events:
                     continue  # the live last segment: never sent
                 reason = final
-                span_stamp = stamp or (segments.stamp_of_ms(stamp_ms) if stamp_ms else f"event-{span.last[:32]}")
+                span_stamp = stamp or segments.stamp_of_ms(stamp_ms)
             part = segments.unsent_part(span, events, sent)
             if part is None:
                 continue
@@ -320,16 +322,6 @@ class _Planner:
         self.markers[key] = {**fingerprint, "status": "rejected", "response": reason, "at": _now()}
         self.markers_changed = True
 
-    def present_keys(self, found: openclaw_db.DatabaseScan, listed: Iterable[str]) -> set[str]:
-        sessions = {session.session_id for session in found.sessions}
-        present = {SESSION_RECORD_PREFIX + session_id for session_id in sessions}
-        present.update(listed, (row.name for row in found.archives))
-        sessions.update(row.session_id for row in found.archives)
-        for name, marker in self.markers.items():
-            if marker.get("session") in sessions:
-                present.add(name)
-        return present
-
 
 def _prefix_of_size(lines: list[bytes], size: int, sha256: object) -> int:
     """How many events (after the header) make a transcript of ``size`` bytes (with the same
@@ -348,40 +340,17 @@ def _prefix_of_size(lines: list[bytes], size: int, sha256: object) -> int:
     return 0
 
 
-def load_archive(database: Path, name: str, path: str | None) -> bytes:
-    """An archive's transcript: the exported file when there is one, else the table's row."""
-    if path is not None:
-        raw = openclaw_db.read_file(Path(path))
-        if not name.endswith(openclaw.ZSTD_SUFFIX):
-            return raw
-        try:
-            return openclaw_db.decompress(raw, limit=openclaw_db.ARCHIVE_LIMIT_BYTES, what=f"archive {name}")
-        except ValueError:
-            # The table holds the same archive (the file is its export): read it there.
-            if openclaw_db.archive_blob(database, name) is None:
-                raise
-        row = openclaw_db.archive_blob(database, name)
-    else:
-        row = openclaw_db.archive_blob(database, name)
-    if row is None:
-        raise OSError(f"{name} is no longer in the archives table")
-    encoding, raw = row
-    if encoding != "zstd":
-        return raw
-    return openclaw_db.decompress(raw, limit=openclaw_db.ARCHIVE_LIMIT_BYTES, what=f"archive {name}")
-
-
 def read_segment(segment: Segment) -> bytes:
     """The transcript of ``segment``: the session's header line, then its events, exactly as
     stored, each line ending in a newline. Raises ``ValueError`` when the source no longer
     holds it as planned (read again next run), and the errors of the readers."""
     source = segment.source
     if source.session is not None:
-        rows = openclaw_db.session_lines(Path(source.database), source.session, sessions_dir=Path(source.sessions_dir))
+        rows = archives.session_lines(Path(source.database), source.session, sessions_dir=Path(source.sessions_dir))
         lines = [line for _, line in rows]
     else:
         assert source.archive_name is not None
-        lines = load_archive(Path(source.database), source.archive_name, source.archive_path).split(b"\n")
+        lines = archives.archive_content(Path(source.database), source.archive_name, source.archive_path).split(b"\n")
     body = lines[1 + segment.start : 1 + segment.end]
     if (
         len(body) != segment.end - segment.start
@@ -404,13 +373,6 @@ def settle(settlements: list[Settlement], agent_markers: dict[str, dict[str, Any
             agent_markers[settlement.key] = settlement.value
             changed = True
     return changed
-
-
-def is_record(name: str) -> bool:
-    return name.startswith(SESSION_RECORD_PREFIX)
-
-
-Found = Callable[[str], bool]
 
 
 def _now() -> str:

@@ -99,10 +99,13 @@ def scan_agent(
     result.items.extend(database.complete)
     result.settlements = database.settlements
     result.markers_changed = database.markers_changed
-    if prune and database.present is not None:
-        present = files.present | database.present
+    if prune and database.sessions is not None:
+        records = {sqlite_era.SESSION_RECORD_PREFIX + session_id for session_id in database.sessions}
         result.markers_changed |= upload_markers.prune(
-            agent_markers, present=present, retention_seconds=retention_seconds
+            agent_markers,
+            names=files.present | database.archive_names | records,
+            sessions=database.sessions,
+            retention_seconds=retention_seconds,
         )
     return result
 

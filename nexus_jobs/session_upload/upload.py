@@ -22,7 +22,7 @@ from .markers import Item
 if TYPE_CHECKING:
     import concurrent.futures
 
-    from .command import Settings
+    from .settings import Settings
 
 log = logging.getLogger("nexus_jobs")
 
@@ -86,6 +86,7 @@ def _send_concurrently(
     give_up_after = max(3, settings.concurrency)
     bar = cli.progress(total=len(items), description="uploading", enabled=settings.show_progress)
     pending = _Queue(items)
+    digests: dict[str, upload_markers.SentDigests] = {}
     in_flight: dict[concurrent.futures.Future[Sent], Item] = {}
     refused: StoreAnswer | None = None
     answered = 0  # answers from the backend, whatever they said
@@ -98,7 +99,9 @@ def _send_concurrently(
                     if item is None:
                         break
                     # Taken when the session's earlier segments have their answers recorded.
-                    before = upload_markers.sent_before(markers[item.agent_id], item)
+                    if item.agent_id not in digests:
+                        digests[item.agent_id] = upload_markers.SentDigests(markers[item.agent_id])
+                    before = digests[item.agent_id].before(item)
                     in_flight[pool.submit(_send, item, before, store=store, settings=settings)] = item
                 if not in_flight:
                     break
@@ -108,6 +111,8 @@ def _send_concurrently(
                     sent = future.result()
                     bar.update()
                     _record(sent, item, markers=markers, summary=summary)
+                    if isinstance(item, sqlite_era.Segment) and sent.sha256:
+                        digests[item.agent_id].add(item.session_id, sent.sha256)
                     if sent.answer.kind == REFUSED:
                         refused = sent.answer
                     failures_in_a_row = failures_in_a_row + 1 if sent.answer.kind == FAILED else 0
