@@ -10,6 +10,7 @@ import shutil
 import sqlite3
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -190,6 +191,24 @@ def test_a_live_segment_waits_whatever_its_window_says_until_a_boundary_closes_i
     assert run_cli(COMMAND, env=env).returncode == 0
     assert inbox(env)[name] == main.segment_bytes(start, len(main.lines))
     assert sorted(set(inbox(env)) - set(tree.expected_uploads)) == [name]
+
+
+def test_a_session_no_key_uses_completes_once_quiet_for_the_grace_period(tree: SqliteTree, env: dict[str, str]) -> None:
+    writer = SessionWriter(new_session_id(), start_ms=time.time_ns() // 1_000_000 - 10_000)
+    writer.turn("just now")
+    connection = sqlite3.connect(tree.database, isolation_level=None)
+    add_session(connection, writer, key="agent:main:replaced-now", current=False)
+    connection.execute(
+        "UPDATE transcript_events SET created_at = ? WHERE session_id = ?", (writer.last_ms, writer.session_id)
+    )
+    connection.close()
+    for _ in range(2):  # the second run finds the database unchanged and repeats the first's findings
+        waiting = run_cli(COMMAND, "--json", "--grace-minutes", "10", env=env)
+        assert json.loads(waiting.stdout)["counts"]["waiting"] == 3, waiting.stderr
+        assert not [name for name in inbox(env) if name.startswith(writer.session_id)]
+    assert run_cli(COMMAND, "--grace-minutes", "0", env=env).returncode == 0
+    (name,) = [name for name in inbox(env) if name.startswith(writer.session_id)]
+    assert inbox(env)[name] == writer.segment_bytes(1, len(writer.lines)) and ".jsonl.ended." in name
 
 
 def test_idle_writer_with_an_open_wal_sees_its_files_unchanged_byte_for_byte(

@@ -327,6 +327,22 @@ def run_read(database: Path, work: Callable[[sqlite3.Connection], T]) -> T:
     raise DatabaseBusy(f"{database}: {problem}; tried {ATTEMPTS} times")
 
 
+def file_identity(database: Path) -> list[int] | None:
+    """The database file's and its WAL's inode, size and mtime: every committed write changes
+    one of them. None without a database file."""
+    identity: list[int] = []
+    for path in (str(database), f"{database}-wal"):
+        try:
+            info = os.stat(path)
+        except FileNotFoundError:
+            identity += [-1, -1, -1]
+            continue
+        except OSError:
+            return None
+        identity += [info.st_ino, info.st_size, info.st_mtime_ns]
+    return identity if identity[0] != -1 else None
+
+
 def _files(database: Path) -> tuple[tuple[int, int, int] | None, int | None, bool]:
     """The database file's identity (inode, size, mtime), its WAL's size (None: no WAL) and
     whether its shared-memory index exists."""

@@ -28,6 +28,10 @@ SETTLED_STATUSES = ("uploaded", "rejected", "conflict")
 # An archive all of whose segments have an answer (they carry the status, not the archive).
 COVERED = "covered"
 FINGERPRINT_KEYS = ("size", "mtimeNs", "rows", "lastSeq", "settled")
+# What the last scan of the database found when it left nothing to send (see
+# _unchanged_since_last_scan); a full scan happens at least this often anyway.
+QUIET_KEY = "database:"
+SCAN_AT_LEAST_EVERY_MS = 3_600_000
 
 
 class Source(NamedTuple):
@@ -101,12 +105,19 @@ def scan(
     now_ms: int,
     retry_rejected: bool,
     summary: cli.RunSummary,
+    prune: bool,
 ) -> DatabasePart:
     """The complete, unsent segments of the agent's database and of ``archives`` (the archive
-    files the sessions directory holds, not already done by name)."""
+    files the sessions directory holds, not already done by name). A run that prunes scans
+    in full (pruning needs every session id)."""
     part = DatabasePart()
     where = f"agent {agent.agent_id}"
     database = openclaw_db.database_path(agent.sessions_dir)
+    files = openclaw_db.file_identity(database)
+    files = files and [*files, int(grace_seconds * 1000)]  # a scan with another grace may find more
+    if not (archives or retry_rejected or prune) and _unchanged_since_last_scan(agent_markers, files, now_ms, summary):
+        part.found, part.sessions = True, None
+        return part
     try:
         found = openclaw_db.scan(database)
     except openclaw_db.DatabaseBusy as error:
@@ -131,8 +142,13 @@ def scan(
         return part
     planner = _Planner(agent, agent_markers, database=database, retry_rejected=retry_rejected, summary=summary)
     grace_ms = grace_seconds * 1000
+    before = (summary.counts["unchanged"], summary.counts["waiting"], len(summary.failures))
+    wake_ms = now_ms + SCAN_AT_LEAST_EVERY_MS
     for session in found.sessions:
-        planner.session(session, last_complete=_last_complete(session, now_ms=now_ms, grace_ms=grace_ms))
+        last_complete = _last_complete(session, now_ms=now_ms, grace_ms=grace_ms)
+        planner.session(session, last_complete=last_complete)
+        if not last_complete and (not session.current or session.run_over):
+            wake_ms = min(wake_ms, int(session.last_event_ms + grace_ms))  # completes by time alone
     for archive in archives:
         planner.archive(archive.name, path=archive.path, fingerprint=archive.fingerprint())
     listed = {archive.name for archive in archives}
@@ -141,9 +157,41 @@ def scan(
             planner.archive(row.name, path=None, fingerprint={})
     part.complete, part.settlements = planner.segments, planner.settlements
     part.markers_changed = planner.markers_changed
+    previous = agent_markers.pop(QUIET_KEY, None)
+    if files is not None and not planner.segments and not found.problems and len(summary.failures) == before[2]:
+        agent_markers[QUIET_KEY] = {
+            "files": files,
+            "wakeAtMs": wake_ms,
+            "unchanged": summary.counts["unchanged"] - before[0],
+            "waiting": summary.counts["waiting"] - before[1],
+        }
+    # Saved when something else is, or when what it says changed (not for a later wake time).
+    now_quiet = agent_markers.get(QUIET_KEY)
+    if (previous is None) != (now_quiet is None) or (
+        previous and now_quiet and previous["files"] != now_quiet["files"]
+    ):
+        part.markers_changed = True
     part.archive_names = listed | {row.name for row in found.archives}
     part.sessions = {session.session_id for session in found.sessions} | {row.session_id for row in found.archives}
     return part
+
+
+def _unchanged_since_last_scan(
+    agent_markers: dict[str, dict[str, Any]], files: list[int] | None, now_ms: int, summary: cli.RunSummary
+) -> bool:
+    """Whether the last scan left nothing to send, the database's files (any write changes
+    the database or its WAL) and the grace period are the same, and no last segment completes
+    by time before now:
+    then this scan would find nothing either, and is skipped (its counts repeated)."""
+    quiet = agent_markers.get(QUIET_KEY)
+    if files is None or quiet is None or quiet.get("files") != files:
+        return False
+    wake = quiet.get("wakeAtMs")
+    if not isinstance(wake, int) or now_ms >= wake:
+        return False
+    for key in ("unchanged", "waiting"):
+        summary.counts[key] += quiet[key] if isinstance(quiet.get(key), int) else 0
+    return True
 
 
 def _last_complete(session: openclaw_db.SessionRow, *, now_ms: int, grace_ms: float) -> bool:
@@ -261,6 +309,10 @@ class _Planner:
         if adopt:
             self._adopt(session_id, lines, events, sent)
         spans = segments.split(events)
+        live = final is None and bool(spans) and spans[-1].reason is None
+        if "settled" in settle_value:
+            settle_value["settled"] = not live  # nothing after its last boundary: nothing waits
+        self.counts["waiting"] += live
         planned: list[Segment] = []
         for span in spans:
             reason, span_stamp = span.reason, span.stamp
@@ -283,13 +335,11 @@ class _Planner:
         self.segments.extend(planned)
         if planned:
             self.settlements.append(Settlement(settle_key, settle_value, planned))
-        elif self.markers.get(settle_key) != settle_value:
-            self.markers[settle_key] = settle_value
-            self.markers_changed = True
-            if settle_key.startswith(SESSION_RECORD_PREFIX):
-                self.counts["waiting" if not settle_value.get("settled") else "unchanged"] += 1
-            else:
-                self.counts["unchanged"] += 1
+        else:
+            self.counts["unchanged"] += not live
+            if self.markers.get(settle_key) != settle_value:
+                self.markers[settle_key] = settle_value
+                self.markers_changed = True
 
     def _adopt(self, session_id: str, lines: list[bytes], events: list[segments.Event], sent: dict[str, str]) -> None:
         """A session sent whole before segments (as its JSONL file, or as a database

@@ -78,6 +78,7 @@ def scan_agent(
         now_ms=now_ns // 1_000_000,
         retry_rejected=retry_rejected,
         summary=summary,
+        prune=prune,
     )
     if missing is not None and not database.found:
         summary.failures.append(f"{where}: cannot list {agent.sessions_dir}: {missing.strerror}")
@@ -101,6 +102,7 @@ def scan_agent(
     result.markers_changed = database.markers_changed
     if prune and database.sessions is not None:
         records = {sqlite_era.SESSION_RECORD_PREFIX + session_id for session_id in database.sessions}
+        records.add(sqlite_era.QUIET_KEY)
         result.markers_changed |= upload_markers.prune(
             agent_markers,
             names=files.present | database.archive_names | records,
