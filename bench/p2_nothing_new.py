@@ -109,11 +109,7 @@ def make_database(database: Path, count: int) -> None:
     )
     connection.executemany(
         "INSERT INTO transcript_events (session_id, seq, event_json, created_at) VALUES (?, ?, ?, 0)",
-        (
-            (session_id, seq, _event(session_id, seq))
-            for session_id in ids
-            for seq in range(EVENTS_PER_GENERATION)
-        ),
+        ((session_id, seq, _event(session_id, seq)) for session_id in ids for seq in range(EVENTS_PER_GENERATION)),
     )
     connection.execute(
         "INSERT INTO session_nodes (session_key, current_session_id, entry_json, updated_at)"
