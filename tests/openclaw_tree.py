@@ -67,7 +67,7 @@ class Tree:
 
 
 def build_realistic(root: Path, agent_id: str = "main") -> Tree:
-    """An agent's sessions directory with every kind of file SPEC 4.1 names."""
+    """An agent's sessions directory with every kind of file docs/openclaw.md names for the JSONL era."""
     sessions = root / "agents" / agent_id / "sessions"
     sessions.mkdir(parents=True, exist_ok=True)
     tree = Tree(root=root, sessions_dir=sessions)

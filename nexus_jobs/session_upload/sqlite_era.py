@@ -21,6 +21,7 @@ from ..openclaw import archives, segments
 from ..openclaw import database as openclaw_db
 from ..openclaw import files as openclaw
 from ..openclaw.agents import Agent
+from . import quiet
 
 log = logging.getLogger("nexus_jobs")
 SESSION_RECORD_PREFIX = "session:"
@@ -28,10 +29,6 @@ SETTLED_STATUSES = ("uploaded", "rejected", "conflict")
 # An archive all of whose segments have an answer (they carry the status, not the archive).
 COVERED = "covered"
 FINGERPRINT_KEYS = ("size", "mtimeNs", "rows", "lastSeq", "settled")
-# What the last scan of the database found when it left nothing to send (see
-# _unchanged_since_last_scan); a full scan happens at least this often anyway.
-QUIET_KEY = "database:"
-SCAN_AT_LEAST_EVERY_MS = 3_600_000
 
 
 class Source(NamedTuple):
@@ -115,7 +112,8 @@ def scan(
     database = openclaw_db.database_path(agent.sessions_dir)
     files = openclaw_db.file_identity(database)
     files = files and [*files, int(grace_seconds * 1000)]  # a scan with another grace may find more
-    if not (archives or retry_rejected or prune) and _unchanged_since_last_scan(agent_markers, files, now_ms, summary):
+    last_scan = quiet.LastScan(agent_markers, files, now_ms)
+    if not (archives or retry_rejected or prune) and last_scan.repeat(summary):
         part.found, part.sessions = True, None
         return part
     try:
@@ -142,13 +140,11 @@ def scan(
         return part
     planner = _Planner(agent, agent_markers, database=database, retry_rejected=retry_rejected, summary=summary)
     grace_ms = grace_seconds * 1000
-    before = (summary.counts["unchanged"], summary.counts["waiting"], len(summary.failures))
-    wake_ms = now_ms + SCAN_AT_LEAST_EVERY_MS
+    last_scan.start(summary)
     for session in found.sessions:
         last_complete = _last_complete(session, now_ms=now_ms, grace_ms=grace_ms)
         planner.session(session, last_complete=last_complete)
-        if not last_complete and (not session.current or session.run_over):
-            wake_ms = min(wake_ms, int(session.last_event_ms + grace_ms))  # completes by time alone
+        last_scan.waiting(session, last_complete=last_complete, grace_ms=grace_ms)
     for archive in archives:
         planner.archive(archive.name, path=archive.path, fingerprint=archive.fingerprint())
     listed = {archive.name for archive in archives}
@@ -156,42 +152,11 @@ def scan(
         if row.name not in listed and row.name not in agent_markers:
             planner.archive(row.name, path=None, fingerprint={})
     part.complete, part.settlements = planner.segments, planner.settlements
-    part.markers_changed = planner.markers_changed
-    previous = agent_markers.pop(QUIET_KEY, None)
-    if files is not None and not planner.segments and not found.problems and len(summary.failures) == before[2]:
-        agent_markers[QUIET_KEY] = {
-            "files": files,
-            "wakeAtMs": wake_ms,
-            "unchanged": summary.counts["unchanged"] - before[0],
-            "waiting": summary.counts["waiting"] - before[1],
-        }
-    # Saved when something else is, or when what it says changed (not for a later wake time).
-    now_quiet = agent_markers.get(QUIET_KEY)
-    if (previous is None) != (now_quiet is None) or (
-        previous and now_quiet and previous["files"] != now_quiet["files"]
-    ):
-        part.markers_changed = True
+    nothing_to_send = not planner.segments and not found.problems
+    part.markers_changed = last_scan.finish(summary, nothing_to_send=nothing_to_send) or planner.markers_changed
     part.archive_names = listed | {row.name for row in found.archives}
     part.sessions = {session.session_id for session in found.sessions} | {row.session_id for row in found.archives}
     return part
-
-
-def _unchanged_since_last_scan(
-    agent_markers: dict[str, dict[str, Any]], files: list[int] | None, now_ms: int, summary: cli.RunSummary
-) -> bool:
-    """Whether the last scan left nothing to send, the database's files (any write changes
-    the database or its WAL) and the grace period are the same, and no last segment completes
-    by time before now:
-    then this scan would find nothing either, and is skipped (its counts repeated)."""
-    quiet = agent_markers.get(QUIET_KEY)
-    if files is None or quiet is None or quiet.get("files") != files:
-        return False
-    wake = quiet.get("wakeAtMs")
-    if not isinstance(wake, int) or now_ms >= wake:
-        return False
-    for key in ("unchanged", "waiting"):
-        summary.counts[key] += quiet[key] if isinstance(quiet.get(key), int) else 0
-    return True
 
 
 def _last_complete(session: openclaw_db.SessionRow, *, now_ms: int, grace_ms: float) -> bool:

@@ -18,7 +18,7 @@ from ..openclaw import database as openclaw_db
 from ..openclaw import files as openclaw
 from ..openclaw.agents import Agent
 from . import markers as upload_markers
-from . import sqlite_era
+from . import quiet, sqlite_era
 from .markers import Item
 
 READ_CHUNK_BYTES = 1 << 20
@@ -102,7 +102,7 @@ def scan_agent(
     result.markers_changed = database.markers_changed
     if prune and database.sessions is not None:
         records = {sqlite_era.SESSION_RECORD_PREFIX + session_id for session_id in database.sessions}
-        records.add(sqlite_era.QUIET_KEY)
+        records.add(quiet.QUIET_KEY)
         result.markers_changed |= upload_markers.prune(
             agent_markers,
             names=files.present | database.archive_names | records,
