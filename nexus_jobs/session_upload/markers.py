@@ -43,7 +43,7 @@ def shape_problem(document: dict[str, Any]) -> str | None:
         if not isinstance(agents, dict) or not all(isinstance(markers, dict) for markers in agents.values()):
             return "agents is not an object of objects"
         for markers in agents.values():
-            if not all(isinstance(marker, dict) for marker in markers.values()):
+            if not set(map(type, markers.values())) <= {dict}:  # map: 100,000 markers at C speed
                 return "a marker is not an object"
     return None
 
