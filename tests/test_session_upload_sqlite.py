@@ -568,3 +568,24 @@ def test_uploads_while_another_process_writes_in_wal_mode(
                       if name.startswith(tree.writers["main"].session_id)])  # fmt: skip
     assert len(sent) == len(set(sent)), "each event once"
     assert set(sent) == complete, "every event of a complete segment, nothing of the live one"
+
+
+def test_a_generation_an_earlier_release_uploaded_whole_is_not_sent_again(
+    tree: SqliteTree, env: dict[str, str]
+) -> None:
+    """Markers of the layout before destinations, holding a generation marker (the whole
+    session as ``<id>.jsonl``, by rows and last seq), as the release before segments wrote them."""
+    replaced = tree.writers["replaced"]
+    state_dir = Path(env["NEXUS_STATE_DIR"])
+    state_dir.mkdir()
+    generation = {"rows": len(replaced.lines), "lastSeq": len(replaced.lines) - 1, "status": "uploaded"}
+    document = {"version": 1, "agents": {"main": {f"{replaced.session_id}.jsonl": generation}}}
+    (state_dir / "session-upload.markers.json").write_text(json.dumps(document))
+    result = run_cli(COMMAND, env=env)
+    assert result.returncode == 0, result.stderr
+    assert set(inbox(env)) == {name for name in tree.expected_uploads if not name.startswith(replaced.session_id)}
+    marker = markers(env)["main"][f"{replaced.session_id}.jsonl"]
+    assert (
+        marker["first"] == json.loads(replaced.lines[1])["id"]
+        and marker["last"] == json.loads(replaced.lines[-1])["id"]
+    )
