@@ -209,6 +209,7 @@ class OpenClaw:
         self.fake = FakeModel()
         self.port = free_port()
         self.token = secrets.token_hex(16)
+        self.hook_token = secrets.token_hex(16)
         self.process: subprocess.Popen[bytes] | None = None
         self.ws: WebSocket | None = None
         self.request_id = 0
@@ -222,6 +223,7 @@ class OpenClaw:
             "models": {"mode": "merge", "providers": {"fake": {
                 "baseUrl": self.fake.base_url, "apiKey": "fake-key", "api": "openai-completions", "models": [model]}}},
             "logging": {"file": str(root / "openclaw.log")},
+            "hooks": {"enabled": True, "token": self.hook_token, "path": "/hooks"},
             "agents": {"defaults": {"model": {"primary": f"fake/{FakeModel.model_id}"}, "heartbeat": {"every": "0m"}},
                        "list": [{"id": agent, "default": number == 0, "workspace": str(root / f"ws-{agent}")}
                                 for number, agent in enumerate(agents)]},
@@ -344,6 +346,14 @@ class OpenClaw:
     def delete(self, agent: str, key: str) -> None:
         """What ``openclaw sessions delete <key> --agent <agent> --yes`` does."""
         self.rpc("sessions.delete", {"key": key, "agentId": agent})
+
+    def hook(self, agent: str, message: str) -> None:
+        """A webhook run (``POST /hooks/agent``): OpenClaw runs it in a key of its own,
+        ``agent:<agent>:cron:<fresh uuid>``, which it never continues."""
+        body = {"message": message, "agentId": agent, "waitForCompletion": True}
+        status, answer = self.http("POST", "/hooks/agent", body, {"Authorization": f"Bearer {self.hook_token}"})
+        if status != 200:
+            raise RuntimeError(f"hook run failed: {status} {answer[:300]!r}")
 
     def database(self, agent: str) -> Path:
         return self.state_dir / "agents" / agent / "agent" / "openclaw-agent.sqlite"

@@ -1,7 +1,8 @@
 """nexus-session-upload against the real OpenClaw (the pinned npm package, see
 ``tests/openclaw_real.py``): real sessions on two agents (turns, ``/reset``, ``/new``, a long
-reply stored zstd-compressed, deletions before and after an upload, a session left live, more
-turns after an upload), checked against OpenClaw's own data by event id.
+reply stored zstd-compressed, deletions before and after an upload, a webhook run in a key of
+its own, a session left live, more turns after an upload), checked against OpenClaw's own data
+by event id.
 
 One Gateway for the module (about 30 s in all, most of it the Gateway's start).
 """
@@ -58,6 +59,15 @@ def openclaw_view(openclaw: OpenClaw) -> tuple[set[str], set[str]]:
     for agent in ("main", "ops"):
         connection = sqlite3.connect(f"file:{openclaw.database(agent)}?mode=ro&immutable=1", uri=True)
         current = {row[0] for row in connection.execute("SELECT current_session_id FROM session_nodes")}
+        # A webhook run's key (agent:<agent>:cron:<uuid>) is never continued: once its run is
+        # done, its session is complete though it stays the key's current one.
+        current -= {
+            session_id
+            for session_id, key, status in connection.execute(
+                "SELECT session_id, session_key, status FROM session_windows"
+            )
+            if ":cron:" in key and status == "done"
+        }
         sessions: dict[str, list[dict[str, Any]]] = {}
         for session_id, text, compressed in connection.execute(
             "SELECT session_id, event_json, event_zstd FROM transcript_events WHERE seq > 0 ORDER BY session_id, seq"
@@ -112,6 +122,7 @@ def test_every_event_of_every_complete_segment_reaches_nexus_exactly_once_and_no
     openclaw.turn("ops", ops, "ops 2, live")
     openclaw.turn("ops", scratch, "scratch 1")
     openclaw.delete("ops", scratch)
+    openclaw.hook("ops", "a webhook run")
     first = upload(env)
     # More turns after an upload: a new boundary on main; the chat session, one segment of
     # which was sent, is deleted (its archive repeats that segment).
@@ -137,7 +148,7 @@ def test_every_event_of_every_complete_segment_reaches_nexus_exactly_once_and_no
     names = [post.body["fileName"] for post in nexus.posts() if post.body]
     assert len(names) == len(set(names))
     assert any(".jsonl.reset." in name for name in names) and any(".jsonl.new." in name for name in names)
-    assert any(".jsonl.deleted." in name for name in names)
+    assert any(".jsonl.deleted." in name for name in names) and any(".jsonl.ended." in name for name in names)
     assert third["counts"]["uploaded"] == 0 and first["counts"]["uploaded"] and second["counts"]["uploaded"]
     print(
         f"\nOpenClaw {openclaw.version}: segments sent {len(names)} "
