@@ -125,7 +125,7 @@ def build_realistic(root: Path, agent_id: str = "main") -> Tree:
         write(name, content, old=False)
         tree.expected_uploads[name] = content
     content = transcript(ids["zst"], messages=8)
-    write(f"{ids['zst']}.jsonl.deleted.{STAMP}.zst", zstandard.ZstdCompressor().compress(content), old=False)
+    write(f"{ids['zst']}.jsonl.deleted.{STAMP}.zst", node_zstd(content), old=False)
     tree.expected_uploads[f"{ids['zst']}.jsonl.deleted.{STAMP}"] = content
     # A topic transcript whose session is gone: an orphan of its own.
     content = transcript(ids["topic_orphan"], messages=3)
