@@ -73,7 +73,7 @@ def measure(storage: str, *, count: int, runs: int) -> bool:
                 ours.append(timed(command, env=env))
                 bare.append(timed(baseline))
     ratio = median(ours) / median(bare)
-    unit = "generations in SQLite" if storage == "sqlite" else "transcript files"
+    unit = "sessions in SQLite" if storage == "sqlite" else "transcript files"
     report(
         f"P2 nothing-new run over {count} marked {unit}, medians of {runs} runs",
         [
@@ -95,8 +95,8 @@ def make_jsonl_tree(sessions: Path, count: int) -> None:
 
 
 def make_database(database: Path, count: int) -> None:
-    """``count`` generations of one session key, all but the last ended and replaced (so
-    complete), with the tables and columns OpenClaw's agent database declares."""
+    """``count`` sessions of one session key, all but the last replaced (so complete: each is
+    one segment), with the tables and columns OpenClaw's agent database declares."""
     from tests.openclaw_tree import SQLITE_SCHEMA, create_database
 
     connection = create_database(database, SQLITE_SCHEMA)
@@ -109,11 +109,7 @@ def make_database(database: Path, count: int) -> None:
     )
     connection.executemany(
         "INSERT INTO transcript_events (session_id, seq, event_json, created_at) VALUES (?, ?, ?, 0)",
-        (
-            (session_id, seq, _event(session_id, seq))
-            for session_id in ids
-            for seq in range(1, EVENTS_PER_GENERATION + 1)
-        ),
+        ((session_id, seq, _event(session_id, seq)) for session_id in ids for seq in range(EVENTS_PER_GENERATION)),
     )
     connection.execute(
         "INSERT INTO session_nodes (session_key, current_session_id, entry_json, updated_at)"
@@ -124,8 +120,8 @@ def make_database(database: Path, count: int) -> None:
 
 
 def _event(session_id: str, seq: int) -> str:
-    if seq == 1:
-        return json.dumps({"type": "session", "version": 3, "id": session_id})
+    if seq == 0:
+        return json.dumps({"type": "session", "version": 4, "id": session_id})
     role = "user" if seq % 2 else "assistant"
     return json.dumps({"type": "message", "id": f"m{seq}", "message": {"role": role, "content": "ok " * 20}})
 

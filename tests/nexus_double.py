@@ -1,7 +1,10 @@
 """A local HTTP double of the Nexus sessions API (``POST /sessions``), with the real
-server's answers (200, 409 with sha256, 400, 413, 401) and the faults of
+server's answers (200, 409 with or without sha256, 400, 413, 401) and the faults of
 :mod:`tests.http_double` (5xx with Retry-After, connection resets, slow answers).
-Fixture: ``nexus``."""
+
+By default it keeps transcripts by ``fileName`` (what ``docs/nexus.md`` asks of a server that
+keeps segments); ``keeps_one_per_session`` makes it the original server, which keeps one
+transcript per session id and answers 409 to the next. Fixture: ``nexus``."""
 
 from __future__ import annotations
 
@@ -35,6 +38,7 @@ class NexusDouble(HttpDouble):
     def __init__(self) -> None:
         self.api_key = "k3y-" + uuid.uuid4().hex
         self.send_sha256_in_409 = True
+        self.keeps_one_per_session = False
         self.stored: dict[tuple[str, str], bytes] = {}
         super().__init__()
 
@@ -66,7 +70,7 @@ class NexusDouble(HttpDouble):
         if len(content) > LIMIT_BYTES:
             return json_answer(413, {"error": "Transcript too large"})
         digest = hashlib.sha256(content).hexdigest()
-        name = body.get("fileName") or f"{session_id}.jsonl"
+        name = session_id if self.keeps_one_per_session else body.get("fileName") or f"{session_id}.jsonl"
         existing = self.stored.get((agent_id, name))
         if existing is not None:
             answer = {"error": "Session already exists", "sessionId": session_id}

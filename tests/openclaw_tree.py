@@ -6,6 +6,7 @@ Run as a module to create the demo tree: ``python -m tests.openclaw_tree DIR``.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import random
@@ -66,7 +67,7 @@ class Tree:
 
 
 def build_realistic(root: Path, agent_id: str = "main") -> Tree:
-    """An agent's sessions directory with every kind of file SPEC 4.1 names."""
+    """An agent's sessions directory with every kind of file docs/openclaw.md names for the JSONL era."""
     sessions = root / "agents" / agent_id / "sessions"
     sessions.mkdir(parents=True, exist_ok=True)
     tree = Tree(root=root, sessions_dir=sessions)
@@ -124,7 +125,7 @@ def build_realistic(root: Path, agent_id: str = "main") -> Tree:
         write(name, content, old=False)
         tree.expected_uploads[name] = content
     content = transcript(ids["zst"], messages=8)
-    write(f"{ids['zst']}.jsonl.deleted.{STAMP}.zst", zstandard.ZstdCompressor().compress(content), old=False)
+    write(f"{ids['zst']}.jsonl.deleted.{STAMP}.zst", node_zstd(content), old=False)
     tree.expected_uploads[f"{ids['zst']}.jsonl.deleted.{STAMP}"] = content
     # A topic transcript whose session is gone: an orphan of its own.
     content = transcript(ids["topic_orphan"], messages=3)
@@ -141,9 +142,10 @@ def build_realistic(root: Path, agent_id: str = "main") -> Tree:
     return tree
 
 
-# The tables nexus-session-upload reads, as OpenClaw's agent database declares them (abridged:
-# the real ones carry more columns).
+# The tables nexus-session-upload reads, as OpenClaw 2026.9.6's agent database declares them
+# (abridged: the real ones carry more columns; schema version 23).
 SQLITE_SCHEMA = """
+PRAGMA user_version = 23;
 CREATE TABLE session_nodes (
   session_key TEXT NOT NULL PRIMARY KEY,
   current_session_id TEXT NOT NULL,
@@ -169,8 +171,36 @@ CREATE TABLE transcript_events (
   event_utf8_bytes INTEGER,
   PRIMARY KEY (session_id, seq)
 ) STRICT;
+CREATE TABLE session_transcript_archives (
+  session_id TEXT NOT NULL, generation TEXT NOT NULL, session_key TEXT NOT NULL,
+  reason TEXT NOT NULL, encoding TEXT NOT NULL, archive_blob BLOB NOT NULL,
+  archive_sha256 TEXT NOT NULL, archive_name TEXT NOT NULL UNIQUE, created_at INTEGER NOT NULL,
+  PRIMARY KEY (session_id, generation)
+) STRICT;
+CREATE TABLE session_transcript_cold_archives (
+  session_id TEXT NOT NULL PRIMARY KEY, generation TEXT NOT NULL, archive_name TEXT NOT NULL UNIQUE,
+  archive_sha256 TEXT NOT NULL, event_count INTEGER NOT NULL, raw_bytes INTEGER NOT NULL,
+  archive_bytes INTEGER NOT NULL, last_seq INTEGER NOT NULL, archived_at INTEGER NOT NULL,
+  storage TEXT NOT NULL, archive_blob BLOB
+) STRICT;
 """
 NOW_MS = 1_790_000_000_000
+OLD_MS = NOW_MS - 86_400_000
+
+
+def node_zstd(content: bytes) -> bytes:
+    """zstd as node's zlib writes OpenClaw's archives: no content size in the frame header."""
+    return zstandard.ZstdCompressor(write_content_size=False).compress(content)
+
+
+def archive_stamp(epoch_ms: int) -> str:
+    """OpenClaw's archive time format: ISO-8601 UTC to the millisecond, ':' -> '-'."""
+    moment = time.strftime("%Y-%m-%dT%H-%M-%S", time.gmtime(epoch_ms // 1000))
+    return f"{moment}.{epoch_ms % 1000:03d}Z"
+
+
+def iso(epoch_ms: int) -> str:
+    return archive_stamp(epoch_ms).replace("-", ":").replace(":", "-", 2)
 
 
 def database_path(root: Path, agent_id: str = "main") -> Path:
@@ -190,61 +220,146 @@ def transcript_lines(content: bytes) -> list[str]:
     return content.decode().splitlines()
 
 
-def add_generation(
+class SessionWriter:
+    """Event lines of one session as OpenClaw 2026.9.6 writes them: a version-4 header, events
+    with ids and parent ids, and reset boundaries ``{"type":"reset","id","parentId",
+    "timestamp","reason"}`` that keep the session id."""
+
+    def __init__(self, session_id: str, *, rng: random.Random | None = None, start_ms: int = OLD_MS) -> None:
+        self.session_id = session_id
+        self.rng = rng or random.Random(session_id)
+        self.clock_ms = start_ms
+        self.parent: str | None = None
+        header = {"type": "session", "version": 4, "id": session_id, "timestamp": iso(start_ms), "cwd": "/w"}
+        self.lines = [json.dumps(header, separators=(",", ":"))]
+
+    def _add(self, event: dict[str, Any]) -> str:
+        self.clock_ms += 1000
+        event.update(parentId=self.parent, timestamp=iso(self.clock_ms))
+        self.lines.append(json.dumps(event, ensure_ascii=False, separators=(",", ":")))
+        self.parent = event["id"]
+        return self.lines[-1]
+
+    def turn(self, text: str, *, reply_bytes: int = 0) -> None:
+        self._add({"type": "message", "id": str(uuid.UUID(int=self.rng.getrandbits(128), version=4)),
+                   "message": {"role": "user", "content": f'{text}: "quoted" \\ café ☕ 🚀'}})  # fmt: skip
+        reply = f"reply to {text}" + " with plenty of plain words" * (reply_bytes // 27)
+        self._add({"type": "message", "id": str(uuid.UUID(int=self.rng.getrandbits(128), version=4)),
+                   "message": {"role": "assistant", "content": [{"type": "text", "text": reply}]}})  # fmt: skip
+
+    def boundary(self, reason: str = "reset") -> str:
+        """A reset boundary; returns the name of the segment it closes."""
+        self._add({"type": "reset", "id": f"{self.rng.getrandbits(32):08x}", "reason": reason})
+        return f"{self.session_id}.jsonl.{reason}.{archive_stamp(self.clock_ms)}"
+
+    def segment_bytes(self, start: int, end: int) -> bytes:
+        """The transcript of events ``start..end-1`` (1 = the first event after the header)."""
+        return "".join(line + "\n" for line in [self.lines[0], *self.lines[start:end]]).encode()
+
+    @property
+    def last_ms(self) -> int:
+        return self.clock_ms
+
+
+def add_session(
     connection: sqlite3.Connection,
-    session_id: str,
-    lines: list[str],
+    writer: SessionWriter,
     *,
     key: str,
-    current: bool = False,
-    ended: bool = False,
-    reason: str = "initial",
+    current: bool = True,
+    status: str = "done",
     compressed: tuple[int, ...] = (),
+    lines: list[str] | None = None,
 ) -> None:
-    """One transcript generation: its window, its events (those at ``compressed`` positions
-    stored zstd-compressed), and, when ``current``, its session key pointing at it."""
+    """One session: its window (``status``/``ended_at`` describe its last turn, as in OpenClaw),
+    its rows from seq 0 (the header; rows at ``compressed`` seqs stored zstd-compressed, with a
+    content size as OpenClaw's per-event frames have), and, when ``current``, its key."""
     with connection:
         connection.execute("BEGIN")
         connection.execute(
-            "INSERT INTO session_windows (session_id, session_key, reason, created_at, updated_at, ended_at, status)"
-            " VALUES (?, ?, ?, ?, ?, ?, ?)",
-            (session_id, key, reason, NOW_MS, NOW_MS, NOW_MS if ended else None, "done" if ended else "running"),
+            "INSERT INTO session_windows (session_id, session_key, created_at, updated_at, ended_at, status)"
+            " VALUES (?, ?, ?, ?, ?, ?)",
+            (writer.session_id, key, OLD_MS, writer.last_ms, writer.last_ms, status),
         )
-        append_events(connection, session_id, lines, compressed=compressed, transaction=False)
+        insert_rows(connection, writer.session_id, lines if lines is not None else writer.lines, 0, compressed)
         if current:
             connection.execute(
                 "INSERT OR REPLACE INTO session_nodes (session_key, current_session_id, entry_json, updated_at)"
                 " VALUES (?, ?, ?, ?)",
-                (key, session_id, json.dumps({"sessionId": session_id}), NOW_MS),
+                (key, writer.session_id, json.dumps({"sessionId": writer.session_id}), writer.last_ms),
             )
 
 
-def append_events(
-    connection: sqlite3.Connection,
-    session_id: str,
-    lines: list[str],
-    *,
-    compressed: tuple[int, ...] = (),
-    transaction: bool = True,
+def insert_rows(
+    connection: sqlite3.Connection, session_id: str, lines: list[str], first_seq: int, compressed: tuple[int, ...] = ()
 ) -> None:
-    if transaction:
-        connection.execute("BEGIN")
-    (last,) = connection.execute(
-        "SELECT coalesce(max(seq), 0) FROM transcript_events WHERE session_id = ?", (session_id,)
-    ).fetchone()
     for offset, line in enumerate(lines):
-        if offset in compressed:
-            blob = zstandard.ZstdCompressor().compress(line.encode())
-            row: tuple[Any, ...] = (session_id, last + offset + 1, None, NOW_MS, blob, len(line.encode()))
+        seq = first_seq + offset
+        if seq in compressed:
+            row: tuple[Any, ...] = (session_id, seq, None, OLD_MS + seq, zstandard.ZstdCompressor().compress(
+                line.encode()), len(line.encode()))  # fmt: skip
         else:
-            row = (session_id, last + offset + 1, line, NOW_MS, None, None)
+            row = (session_id, seq, line, OLD_MS + seq * 1000, None, None)
         connection.execute(
             "INSERT INTO transcript_events (session_id, seq, event_json, created_at, event_zstd, event_utf8_bytes)"
             " VALUES (?, ?, ?, ?, ?, ?)",
             row,
         )
-    if transaction:
-        connection.execute("COMMIT")
+
+
+def append(connection: sqlite3.Connection, writer: SessionWriter, count_before: int) -> None:
+    """Rows for the lines ``writer`` gained since it had ``count_before`` lines."""
+    with connection:
+        connection.execute("BEGIN")
+        insert_rows(connection, writer.session_id, writer.lines[count_before:], count_before)
+
+
+def delete_session(
+    connection: sqlite3.Connection, writer: SessionWriter, sessions_dir: Path, *, key: str, export: bool = True
+) -> str:
+    """What ``openclaw sessions delete`` does: the rows go, the whole transcript goes into the
+    archives table (zstd without content size), then into an exported file unless the export
+    fails. Returns the segment name of the deleted session's last segment."""
+    writer.clock_ms += 1000
+    stamp = archive_stamp(writer.clock_ms)
+    generation = uuid.UUID(int=writer.rng.getrandbits(128)).hex
+    name = f"{writer.session_id}.jsonl.deleted.{stamp}.{generation}.zst"
+    blob = node_zstd("".join(line + "\n" for line in writer.lines).encode())
+    with connection:
+        connection.execute("BEGIN")
+        for table in ("transcript_events", "session_windows"):
+            connection.execute(f"DELETE FROM {table} WHERE session_id = ?", (writer.session_id,))
+        connection.execute("DELETE FROM session_nodes WHERE session_key = ?", (key,))
+        connection.execute(
+            "INSERT INTO session_transcript_archives VALUES (?, ?, ?, 'deleted', 'zstd', ?, ?, ?, ?)",
+            (writer.session_id, generation, key, blob, hashlib.sha256(blob).hexdigest(), name, writer.clock_ms),
+        )
+    if export:
+        sessions_dir.mkdir(parents=True, exist_ok=True)
+        (sessions_dir / name).write_bytes(blob)
+    return f"{writer.session_id}.jsonl.deleted.{stamp}"
+
+
+def move_to_cold(connection: sqlite3.Connection, writer: SessionWriter, sessions_dir: Path) -> str:
+    """What cold storage does: the rows go into ``sessions/cold/<sha256>.jsonl.zst`` as records
+    (header, one ``event`` record per row, then others) and leave transcript_events."""
+    records = [{"kind": "header", "version": 1, "sessionId": writer.session_id, "generation": "g" * 32}]
+    records += [{"kind": "event", "row": {"seq": seq, "event_json": line, "created_at": OLD_MS}}
+                for seq, line in enumerate(writer.lines)]  # fmt: skip
+    records.append({"kind": "identity", "rows": len(writer.lines)})
+    blob = node_zstd("".join(json.dumps(record, ensure_ascii=False) + "\n" for record in records).encode())
+    name = hashlib.sha256(blob).hexdigest() + ".jsonl.zst"
+    (sessions_dir / "cold").mkdir(parents=True, exist_ok=True)
+    (sessions_dir / "cold" / name).write_bytes(blob)
+    with connection:
+        connection.execute("BEGIN")
+        connection.execute("DELETE FROM transcript_events WHERE session_id = ?", (writer.session_id,))
+        connection.execute(
+            "INSERT INTO session_transcript_cold_archives VALUES (?, 'g', ?, ?, ?, 0, ?, ?, ?, 'file', NULL)",
+            (writer.session_id, name, hashlib.sha256(blob).hexdigest(), len(writer.lines), len(blob),
+             len(writer.lines) - 1, writer.last_ms),
+        )  # fmt: skip
+    return name
 
 
 @dataclass
@@ -255,63 +370,69 @@ class SqliteTree:
     sessions_dir: Path
     database: Path
     expected_uploads: dict[str, bytes] = field(default_factory=dict)
-    held_back: list[str] = field(default_factory=list)
-    ids: dict[str, str] = field(default_factory=dict)
+    live: dict[str, bytes] = field(default_factory=dict)  # lines of live segments, by session
+    writers: dict[str, SessionWriter] = field(default_factory=dict)
 
 
 def build_sqlite(root: Path, agent_id: str = "main") -> SqliteTree:
-    """An agent of the SQLite era in the middle of its migration: a database with every kind
-    of generation, a sessions directory with the archive of an explicit delete, and the JSONL
-    transcripts OpenClaw moved aside when it imported them."""
+    """An agent of OpenClaw 2026.9.6: sessions with reset boundaries and a live last segment,
+    a long reply stored compressed, a session replaced on its key, a finished cron run,
+    sessions deleted (exported, and only in the table), one in cold storage, a long id."""
     sessions = root / "agents" / agent_id / "sessions"
-    sessions.mkdir(parents=True, exist_ok=True)
     database = database_path(root, agent_id)
     tree = SqliteTree(root=root, sessions_dir=sessions, database=database)
-    ids = tree.ids
-    for name in ("live", "reset", "rollover", "ended_current", "compressed", "imported", "moved_only", "deleted"):
-        ids[name] = new_session_id()
     connection = create_database(database)
-    contents = {name: transcript(ids[name], messages=3 + number) for number, name in enumerate(ids)}
-    main_key = f"agent:{agent_id}:main"
-    # The key's earlier generations: ended by a reset (ended_at set), and by a rollover that
-    # left ended_at empty (complete all the same: no key's current generation).
-    add_generation(connection, ids["reset"], transcript_lines(contents["reset"]), key=main_key, ended=True)
-    add_generation(connection, ids["rollover"], transcript_lines(contents["rollover"]), key=main_key)
-    add_generation(connection, ids["live"], transcript_lines(contents["live"]), key=main_key, current=True)
-    tree.held_back.append(f"{ids['live']}.jsonl")
-    # A key's current generation whose window has ended (a finished cron run): complete.
-    add_generation(
-        connection,
-        ids["ended_current"],
-        transcript_lines(contents["ended_current"]),
-        key="cron:nightly",
-        current=True,
-        ended=True,
-    )
-    # Large events are stored zstd-compressed; the upload holds them decompressed.
-    add_generation(
-        connection,
-        ids["compressed"],
-        transcript_lines(contents["compressed"]),
-        key="hook:1",
-        ended=True,
-        compressed=(1, 2),
-    )
-    # Imported from a JSONL file that now lies in the import archive: the database's copy is
-    # the one uploaded (it holds the whole transcript); the moved file is not sent as well.
-    add_generation(connection, ids["imported"], transcript_lines(contents["imported"]), key="hook:2", ended=True)
-    archive = sessions / "session-sqlite-import-archive"
-    archive.mkdir()
-    (archive / f"{ids['imported']}.jsonl").write_bytes(contents["imported"])
-    # Moved aside but not in the database (its rows were deleted since): uploaded once as a file.
-    (archive / f"{ids['moved_only']}.jsonl").write_bytes(contents["moved_only"])
-    # An explicit delete wrote its archive into sessions/ and removed the rows.
-    deleted_name = f"{ids['deleted']}.jsonl.deleted.{STAMP}"
-    (sessions / deleted_name).write_bytes(contents["deleted"])
+    rng = random.Random(7)
+    writers = tree.writers
+    for name in ("main", "chat", "replaced", "cron", "deleted", "table_only", "cold"):
+        writers[name] = SessionWriter(new_session_id(rng), rng=rng)
+    writers["long"] = SessionWriter("x" * 120, rng=rng)
+    expect = tree.expected_uploads
+
+    def segment(writer: SessionWriter, name: str, start: int) -> int:
+        expect[name] = writer.segment_bytes(start, len(writer.lines))
+        return len(writer.lines)
+
+    main = writers["main"]
+    main.turn("one")
+    main.turn("two")
+    start = segment(main, main.boundary("reset"), 1)
+    main.turn("three", reply_bytes=3000)  # a long reply, stored zstd-compressed
+    long_seq = len(main.lines) - 1
+    start = segment(main, main.boundary("new"), start)
+    main.turn("four, live")
+    tree.live[main.session_id] = main.segment_bytes(start, len(main.lines))
+    add_session(connection, main, key=f"agent:{agent_id}:main", compressed=(long_seq,))
+    # A session some key still uses, no boundary: wholly live, whatever its window says.
+    chat = writers["chat"]
+    chat.turn("chat")
+    tree.live[chat.session_id] = chat.segment_bytes(1, len(chat.lines))
+    add_session(connection, chat, key=f"agent:{agent_id}:chat", status="done")
+    # Replaced on its key (no key uses it any more), and a finished isolated cron run.
+    for name, key, current in (("replaced", f"agent:{agent_id}:old", False),
+                               ("cron", f"agent:{agent_id}:cron:{uuid.UUID(int=rng.getrandbits(128))}", True),
+                               ("long", f"agent:{agent_id}:imported", False)):  # fmt: skip
+        writer = writers[name]
+        writer.turn(name)
+        add_session(connection, writer, key=key, current=current)
+        stamp = archive_stamp(OLD_MS + (len(writer.lines) - 1) * 1000)
+        label = name if name != "long" else "session-" + hashlib.sha256(writer.session_id.encode()).hexdigest()
+        segment(writer, f"{writer.session_id if name != 'long' else label}.jsonl.ended.{stamp}", 1)
+    # Deleted: the archive holds both segments; only the table holds the second one's archive.
+    for name in ("deleted", "table_only"):
+        writer = writers[name]
+        writer.turn(f"{name} a")
+        start = segment(writer, writer.boundary("reset"), 1)
+        writer.turn(f"{name} b")
+        key = f"agent:{agent_id}:{name}"
+        add_session(connection, writer, key=key)
+        segment(writer, delete_session(connection, writer, sessions, key=key, export=name == "deleted"), start)
+    cold = writers["cold"]
+    cold.turn("cold")
+    add_session(connection, cold, key=f"agent:{agent_id}:cold", current=False)
+    move_to_cold(connection, cold, sessions)
+    segment(cold, f"{cold.session_id}.jsonl.ended.{archive_stamp(cold.last_ms)}", 1)
     connection.close()
-    for name in ("reset", "rollover", "ended_current", "compressed", "imported", "moved_only"):
-        tree.expected_uploads[f"{ids[name]}.jsonl"] = contents[name]
-    tree.expected_uploads[deleted_name] = contents["deleted"]
     return tree
 
 

@@ -18,7 +18,7 @@ import pytest
 from nexus_jobs.nexus.sessions import json_string
 from tests.conftest import assert_clean_failure, run_cli, script
 from tests.nexus_double import LIMIT_BYTES, ROUTE, NexusDouble
-from tests.openclaw_tree import STAMP, Tree, build_realistic, make_old, new_session_id, transcript
+from tests.openclaw_tree import STAMP, Tree, build_realistic, make_old, new_session_id, node_zstd, transcript
 
 COMMAND = "nexus-session-upload"
 
@@ -55,7 +55,11 @@ def snapshot(root: Path) -> dict[str, tuple[bytes, int, int]]:
 
 
 def markers(env: dict[str, str], job_id: str = "session-upload") -> dict[str, dict[str, dict[str, object]]]:
-    return json.loads((Path(env["NEXUS_STATE_DIR"]) / f"{job_id}.markers.json").read_text())["agents"]
+    """The markers of the run's one destination, by agent."""
+    document = json.loads((Path(env["NEXUS_STATE_DIR"]) / f"{job_id}.markers.json").read_text())
+    (destination,) = document["destinations"].values()
+    agents: dict[str, dict[str, dict[str, object]]] = destination["agents"]
+    return agents
 
 
 # --- completion rules -------------------------------------------------------------------
@@ -637,15 +641,14 @@ def test_progress_bar_only_on_a_terminal(tree: Tree, env: dict[str, str]) -> Non
 
 
 def test_large_zst_archives_decompress_whole_and_oversize_ones_are_rejected(env: dict[str, str]) -> None:
-    import zstandard
 
     sessions = Path(env["OPENCLAW_STATE_DIR"]) / "agents" / "zst" / "sessions"
     sessions.mkdir(parents=True)
     big = transcript("big", pad_to=3_000_000)
     big_name = f"{new_session_id()}.jsonl.deleted.{STAMP}"
-    (sessions / f"{big_name}.zst").write_bytes(zstandard.ZstdCompressor().compress(big))
+    (sessions / f"{big_name}.zst").write_bytes(node_zstd(big))
     bomb_name = f"{new_session_id()}.jsonl.deleted.{STAMP}"
-    (sessions / f"{bomb_name}.zst").write_bytes(zstandard.ZstdCompressor().compress(b"x" * (LIMIT_BYTES + 1)))
+    (sessions / f"{bomb_name}.zst").write_bytes(node_zstd(b"x" * (LIMIT_BYTES + 1)))
     result = run_cli(COMMAND, "--agent", "zst", env=env)
     assert result.returncode == 0, result.stderr
     inbox = Path(env["NEXUS_STATE_DIR"]) / "nexus-store" / "inbox" / "zst"

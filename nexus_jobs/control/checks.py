@@ -27,6 +27,7 @@ from ..nexus import settings as nexus_settings
 from ..nexus.settings import NexusSettings
 from ..openclaw.agents import openclaw_state_dir
 from ..openclaw.agents import resolve_agents as agents_of
+from ..openclaw.database import database_path
 
 
 @dataclass(frozen=True)
@@ -169,7 +170,9 @@ def _check_agents(loaded: config.LoadedConfig, entries: list[JobEntry]) -> Any:
     types = {entry.job_type for entry in entries}
     for agent in agents:
         missing = []
-        if "session_upload" in types and not agent.sessions_dir.is_dir():
+        # An agent of OpenClaw's SQLite era may have only its database (docs/openclaw.md).
+        has_sessions = agent.sessions_dir.is_dir() or database_path(agent.sessions_dir).is_file()
+        if "session_upload" in types and not has_sessions:
             missing.append(f"sessions folder {agent.sessions_dir}")
         if "webhook_pull" in types and not agent.workspace.is_dir():
             missing.append(f"workspace {agent.workspace}")

@@ -115,12 +115,12 @@ def read_json(
     *,
     repair: bool,
     consequence: str = "",
-    shape: Callable[[dict[str, Any]], str] | None = None,
+    shape: Callable[[dict[str, Any]], str | None] | None = None,
 ) -> dict[str, Any] | None:
     """The state file's contents, or None when it does not exist.
 
     A file that does not parse, or whose contents ``shape`` finds wrong (it returns what is
-    wrong, "" when nothing is), is moved aside as ``<name>.corrupt-<timestamp>`` (only with
+    wrong, "" or None when nothing is), is moved aside as ``<name>.corrupt-<timestamp>`` (only with
     ``repair``, i.e. while the lock is held) and reported with ``consequence``; the caller
     starts from an empty state. A file from a newer version is an error: never clobber it.
     """

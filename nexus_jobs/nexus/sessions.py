@@ -2,7 +2,8 @@
 endpoint or a ``file://`` one, the embedded directory store with the server's layout
 (``inbox/<agentId>/<fileName>``) and the same 200/409 semantics.
 
-Both stores answer :meth:`upload` with an :class:`Outcome`; neither raises for a failed item.
+Both stores answer :meth:`upload` with a :class:`StoreAnswer`; neither raises for a failed item.
+What each answer means is ``docs/nexus.md``.
 """
 
 from __future__ import annotations
@@ -19,10 +20,10 @@ from ..core import http, state
 from ..core.errors import BackendUnavailable
 from .settings import NexusSettings, answer_error, auth, server_message
 
-# What the worker does with an answer (SPEC 4.3).
+# What the worker does with an answer (docs/nexus.md, "Answers").
 STORED = "stored"  # 200: mark uploaded
-ALREADY_STORED = "already-stored"  # 409 with no or the same sha256: mark uploaded
-CONFLICT = "conflict"  # 409 with a different sha256: report, do not mark uploaded
+ALREADY_STORED = "already-stored"  # 409 that proves the same content is there: mark uploaded
+CONFLICT = "conflict"  # 409 for other content: report, do not mark uploaded
 REJECTED = "rejected"  # 400/413 or refused locally: mark rejected, do not retry every run
 FAILED = "failed"  # transient after retries: leave for the next run
 REFUSED = "refused"  # 401/403: stop the run
@@ -41,10 +42,13 @@ class Upload:
     archive_reason: str | None
     content: bytes
     sha256: str
+    # sha256 of what was sent before under this file name or session id: a 409 without
+    # sha256 is proof of nothing when the content differs from one of them.
+    sent_before: frozenset[str] = frozenset()
 
 
 @dataclass(frozen=True, slots=True)
-class Outcome:
+class StoreAnswer:
     kind: str
     detail: str = ""
     http_status: int | None = None
@@ -53,7 +57,7 @@ class Outcome:
 class SessionStore(Protocol):
     location: str
 
-    def upload(self, upload: Upload) -> Outcome: ...
+    def upload(self, upload: Upload) -> StoreAnswer: ...
 
     def close(self) -> None: ...
 
@@ -124,7 +128,7 @@ class HttpSessionStore:
             raise failure
         return f"Nexus sessions API at {self.location} answers (HTTP {response.status_code})"
 
-    def upload(self, upload: Upload) -> Outcome:
+    def upload(self, upload: Upload) -> StoreAnswer:
         import requests
 
         request = requests.PreparedRequest()
@@ -136,7 +140,7 @@ class HttpSessionStore:
             )
             response = self.session.send(request, timeout=self.timeout, allow_redirects=False)
         except requests.RequestException as error:
-            return Outcome(FAILED, f"{http.describe_error(error)} (will retry next run)")
+            return StoreAnswer(FAILED, f"{http.describe_error(error)} (will retry next run)")
         with response:
             return _interpret(response.status_code, response.content, upload)
 
@@ -144,25 +148,34 @@ class HttpSessionStore:
         self.session.close()
 
 
-def _interpret(status: int, raw: bytes, upload: Upload) -> Outcome:
+def _interpret(status: int, raw: bytes, upload: Upload) -> StoreAnswer:
     body = _json_object(raw)
     message = server_message(raw)
     if status in (200, 201):
-        return Outcome(STORED, "stored", status)
+        return StoreAnswer(STORED, "stored", status)
     if status == 409:
         theirs = body.get("sha256")
-        if isinstance(theirs, str) and theirs and theirs.lower() != upload.sha256:
-            return Outcome(CONFLICT, f"the server holds different content (sha256 {theirs[:12]}...)", status)
-        return Outcome(ALREADY_STORED, "already stored", status)
+        if isinstance(theirs, str) and theirs:
+            if theirs.lower() != upload.sha256:
+                return StoreAnswer(CONFLICT, f"the server holds different content (sha256 {theirs[:12]}...)", status)
+            return StoreAnswer(ALREADY_STORED, "already stored (same sha256)", status)
+        if upload.sent_before - {upload.sha256}:
+            return StoreAnswer(
+                CONFLICT,
+                "the server answered 409 without sha256, and other content of this file name or session "
+                "was sent before (a server that keeps one transcript per session id?)",
+                status,
+            )
+        return StoreAnswer(ALREADY_STORED, "already stored", status)
     if status == 413:
-        return Outcome(REJECTED, f"the server refused it as too large (413){message}", status)
+        return StoreAnswer(REJECTED, f"the server refused it as too large (413){message}", status)
     if status == 400:
-        return Outcome(REJECTED, f"the server refused it as invalid (400){message}", status)
+        return StoreAnswer(REJECTED, f"the server refused it as invalid (400){message}", status)
     if status in (401, 403):
-        return Outcome(REFUSED, f"the server refused the API key ({status}){message}", status)
+        return StoreAnswer(REFUSED, f"the server refused the API key ({status}){message}", status)
     if status == 429 or status >= 500:
-        return Outcome(FAILED, f"the server answered {status} after retries{message} (will retry next run)", status)
-    return Outcome(FAILED, f"unexpected answer {status}{message}", status)
+        return StoreAnswer(FAILED, f"the server answered {status} after retries{message} (will retry next run)", status)
+    return StoreAnswer(FAILED, f"unexpected answer {status}{message}", status)
 
 
 def _json_object(raw: bytes) -> dict[str, Any]:
@@ -182,10 +195,10 @@ class FileSessionStore:
         self.inbox = root / "inbox"
         self.location = str(self.inbox)
 
-    def upload(self, upload: Upload) -> Outcome:
+    def upload(self, upload: Upload) -> StoreAnswer:
         for part in (upload.agent_id, upload.file_name):
             if not part or "/" in part or part in (".", "..") or "\0" in part:
-                return Outcome(REJECTED, f"unsafe name for the directory store: {part!r}", 400)
+                return StoreAnswer(REJECTED, f"unsafe name for the directory store: {part!r}", 400)
         directory = self.inbox / upload.agent_id
         target = directory / upload.file_name
         try:
@@ -207,14 +220,14 @@ class FileSessionStore:
                     os.unlink(temporary)
             state.fsync_directory(directory)
         except OSError as error:
-            return Outcome(FAILED, f"cannot write to {directory}: {error.strerror}")
-        return Outcome(STORED, "stored", 200)
+            return StoreAnswer(FAILED, f"cannot write to {directory}: {error.strerror}")
+        return StoreAnswer(STORED, "stored", 200)
 
     def close(self) -> None:
         pass
 
 
-def _existing(target: Path, upload: Upload) -> Outcome:
+def _existing(target: Path, upload: Upload) -> StoreAnswer:
     import hashlib  # imported here, as in session_upload: a not-due run never needs it
 
     digest = hashlib.sha256()
@@ -222,5 +235,5 @@ def _existing(target: Path, upload: Upload) -> Outcome:
         for chunk in iter(lambda: handle.read(1 << 20), b""):
             digest.update(chunk)
     if digest.hexdigest() != upload.sha256:
-        return Outcome(CONFLICT, f"{target} holds different content", 409)
-    return Outcome(ALREADY_STORED, "already stored", 409)
+        return StoreAnswer(CONFLICT, f"{target} holds different content", 409)
+    return StoreAnswer(ALREADY_STORED, "already stored", 409)

@@ -1,12 +1,15 @@
-"""OpenClaw's per-agent SQLite session storage (releases 2026.7.2 and later): which transcript
-generations of ``<stateDir>/agents/<agentId>/agent/openclaw-agent.sqlite`` are complete, and
-their transcripts.
+"""OpenClaw's per-agent SQLite session storage (releases 2026.7.2 and later):
+``<stateDir>/agents/<agentId>/agent/openclaw-agent.sqlite``. What it holds of each session
+(its events, its key, whether its key still uses it, whether its run ended), its deletion
+archives and its cold-stored sessions, and the event lines themselves. ``docs/openclaw.md``
+describes the tables and what "complete" means; :mod:`segments` cuts sessions into segments.
 
-Tables read (the schema still changes between releases, so each is looked up, never assumed):
-``transcript_events`` (``session_id``, ``seq``, ``event_json``; newer builds keep large events
-zstd-compressed in ``event_zstd``), ``session_nodes`` (``current_session_id`` of every session
-key) and ``session_windows`` (``session_id``, ``ended_at``). A generation is complete when its
-session id is no key's current one, or its window has ended.
+Tables read (the schema changes between releases, so each is looked up, never assumed):
+``transcript_events`` (``session_id``, ``seq``: 0 is the header line, ``event_json``, or
+``event_zstd`` for large events), ``session_nodes`` (``current_session_id`` of every key),
+``session_windows`` (``session_key``, ``status``, ``ended_at`` of a session's last run),
+``session_transcript_archives`` (what a deletion archived) and
+``session_transcript_cold_archives`` (sessions moved to ``sessions/cold/``).
 
 Read-only by design, including SQLite's own side files: OpenClaw's Gateway writes the database
 in WAL mode, and a plain ``mode=ro`` connection still writes its read mark into the ``-shm``
@@ -29,29 +32,43 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, NamedTuple, TypeVar
+from typing import TYPE_CHECKING, NamedTuple, TypeVar
 
 from .agents import DATABASE_NAME
-from .files import TOPIC_SEPARATOR, TRANSCRIPT_SUFFIX, ZSTD_SUFFIX
 
 if TYPE_CHECKING:
     import sqlite3
 
-IMPORT_ARCHIVE_NAME = "session-sqlite-import-archive"
 # A locked database is waited for about 3 s in all; a writer that opens and closes the
 # database around us (its -wal coming and going) gets several quick attempts.
 BUSY_TIMEOUT_SECONDS = 0.5
 ATTEMPTS = 5
 RETRY_PAUSE_SECONDS = 0.05
+# The schema versions (PRAGMA user_version) this release was checked against with the real
+# OpenClaw (docs/openclaw.md); others are read when their tables have what is needed.
+CHECKED_SCHEMA_VERSIONS = (23,)
+# One event row holds at most 4 MiB (the table's CHECK).
+ROW_LIMIT_BYTES = 4 << 20
 T = TypeVar("T")
-SUFFIX = (TRANSCRIPT_SUFFIX,)  # a query parameter
 # Tables a session database has; a database with none of them predates SQLite sessions
 # (2026.6.5 to 2026.7.1 keep only auth and agent state there): nothing to read, nothing to say.
-SESSION_TABLES = ("transcript_events", "session_nodes", "session_windows")
+SESSION_TABLES = (
+    "transcript_events",
+    "session_nodes",
+    "session_windows",
+    "session_transcript_archives",
+    "session_transcript_cold_archives",
+)
 REQUIRED_EVENT_COLUMNS = ("session_id", "seq", "event_json")
+# Window statuses of a run that is over (the window describes the session's last run).
+RUN_OVER = ("done", "failed", "killed", "timeout")
+# Keys whose sessions OpenClaw never continues (docs/openclaw.md, "Sessions never continued"):
+# isolated cron runs and webhook runs (agent:<id>:cron:<job or uuid>[:run:<id>]), boot tasks,
+# gateway model-run probes; hook:<uuid> is the logical key older builds stored.
+RUN_KEY_PREFIXES = ("cron:", "boot:", "hook:", "explicit:model-run-")
 # sqlite3 error names (Python 3.11+) and messages that mean "someone else is busy with it":
 # worth retrying now and on the next run, not a broken database.
 _TRANSIENT_NAMES = ("SQLITE_BUSY", "SQLITE_LOCKED", "SQLITE_READONLY", "SQLITE_CANTOPEN", "SQLITE_PROTOCOL")
@@ -66,51 +83,32 @@ class DatabaseUnreadable(Exception):
     """The database cannot be read at all (corrupt, not a database, permissions)."""
 
 
-class Generation(NamedTuple):
-    """A complete transcript generation: one session id's events, as counted by :func:`scan`.
-    ``rows`` and ``last_seq`` are its fingerprint: an unchanged generation is never read again."""
+class SessionRow(NamedTuple):
+    """What the database says of one session, without reading its events. ``rows`` and
+    ``last_seq`` are its fingerprint: an unchanged session is never read again."""
 
-    agent_id: str
-    database: str
     session_id: str
     rows: int
     last_seq: int
-    zstd_column: bool = False
-    archive_reason: str | None = None
+    last_event_ms: int
+    current: bool  # some key's current session
+    run_over: bool  # a session of a key never continued, whose run ended
+    cold: str | None = None  # its cold archive's name, while its events are in cold storage
 
-    @property
-    def name(self) -> str:
-        """Marker key and file name sent: the name its JSONL transcript had before the move to
-        SQLite, so a session uploaded as a file then is recognised as done."""
-        return self.session_id + TRANSCRIPT_SUFFIX
 
-    @property
-    def upload_name(self) -> str:
-        return self.name
+class ArchiveRow(NamedTuple):
+    """A row of ``session_transcript_archives``: a deleted (or replaced) session, whole."""
 
-    @property
-    def origin(self) -> str:
-        return "generation"
-
-    @property
-    def extent(self) -> str:
-        return f"{self.rows} events"
-
-    def fingerprint(self) -> dict[str, int]:
-        return {"rows": self.rows, "lastSeq": self.last_seq}
+    name: str
+    session_id: str
+    reason: str
 
 
 @dataclass(slots=True, eq=False)
 class DatabaseScan:
-    """What one agent database holds: complete generations, and why others wait."""
-
     found: bool = False
-    complete: list[Generation] = field(default_factory=list)
-    adopted: list[tuple[Generation, int]] = field(default_factory=list)  # and its size in bytes
-    present: set[str] = field(default_factory=set)  # <sessionId>.jsonl of every generation
-    unchanged: int = 0
-    live: int = 0
-    undecided: int = 0
+    sessions: list[SessionRow] = field(default_factory=list)
+    archives: list[ArchiveRow] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)
     usable: bool = True
 
@@ -121,150 +119,101 @@ def database_path(sessions_dir: Path) -> Path:
     return sessions_dir.parent / "agent" / DATABASE_NAME
 
 
-def import_archive_dirs(sessions_dir: Path) -> list[Path]:
-    """Where OpenClaw moves the JSONL transcripts it imported: ``sessions/<archive>/`` as
-    described for the first SQLite builds, and ``agents/<agentId>/<archive>/`` beside it."""
-    return [sessions_dir / IMPORT_ARCHIVE_NAME, sessions_dir.parent / IMPORT_ARCHIVE_NAME]
+def is_run_key(session_key: str) -> bool:
+    """A key OpenClaw never continues: ``agent:<id>:cron:...`` and the like (see above)."""
+    rest = session_key
+    if rest.startswith("agent:"):
+        rest = rest.partition(":")[2].partition(":")[2]
+    return rest.startswith(RUN_KEY_PREFIXES)
 
 
-def scan(
-    *,
-    agent_id: str,
-    database: Path,
-    markers: Mapping[str, Mapping[str, Any]],
-    retry_rejected: bool,
-    sizes_uploaded_as_files: Callable[[str], set[int]],
-) -> DatabaseScan:
-    """Classify the generations of ``database`` (a missing file, or one without session
-    tables, is no session database: ``found`` stays False). Generations whose marker has
-    their fingerprint and says uploaded (or rejected, unless ``retry_rejected``) are only
-    counted. A complete generation whose session was uploaded as a JSONL file before the move
-    (``sizes_uploaded_as_files(session_id)`` holds that file's size) is adopted, not uploaded
-    again, when its transcript has the same size. Raises :class:`DatabaseBusy` or
-    :class:`DatabaseUnreadable`."""
+def scan(database: Path) -> DatabaseScan:
+    """What ``database`` holds (a missing file, or one without session tables, is no session
+    database: ``found`` stays False). Raises :class:`DatabaseBusy` or :class:`DatabaseUnreadable`."""
     if not database.is_file():
         return DatabaseScan()
-    return run_read(
-        database,
-        lambda connection: _classify(
-            connection,
-            agent_id=agent_id,
-            database=database,
-            markers=markers,
-            retry_rejected=retry_rejected,
-            sizes_uploaded_as_files=sizes_uploaded_as_files,
-        ),
-    )
+    return run_read(database, lambda connection: _scan(connection, database))
 
 
-def _classify(
-    connection: sqlite3.Connection,
-    *,
-    agent_id: str,
-    database: Path,
-    markers: Mapping[str, Mapping[str, Any]],
-    retry_rejected: bool,
-    sizes_uploaded_as_files: Callable[[str], set[int]],
-) -> DatabaseScan:
+def _scan(connection: sqlite3.Connection, database: Path) -> DatabaseScan:
     result = DatabaseScan()
     columns = _columns(connection)
     if not columns:
         return result
     result.found = True
+    (version,) = connection.execute("PRAGMA user_version").fetchone()
     events = columns.get("transcript_events", set())
     missing = [f"transcript_events.{name}" for name in REQUIRED_EVENT_COLUMNS if name not in events]
+    if "current_session_id" not in columns.get("session_nodes", set()):
+        missing.append("session_nodes.current_session_id")
     if missing:
-        what = "table transcript_events" if not events else "column " + ", ".join(missing)
-        result.problems.append(f"{database}: no {what}; its transcripts cannot be read")
+        result.problems.append(
+            f"{database}: schema version {version} has no {', '.join(missing)}; its transcripts cannot be read"
+        )
         result.usable = False
         return result
-    has_current = "current_session_id" in columns.get("session_nodes", set())
-    has_ended = {"session_id", "ended_at"} <= columns.get("session_windows", set())
-    problem = _missing_signal(columns, has_current=has_current, has_ended=has_ended)
-    if problem:
-        result.problems.append(f"{database}: {problem}")
-    # Names (<sessionId>.jsonl) rather than ids throughout: SQLite builds them, and the loop
-    # over every generation of a nothing-new run does no string work of its own.
-    current: set[str] = set()
-    ended: set[str] = set()
-    if has_current:
-        current = {row[0] for row in connection.execute("SELECT current_session_id || ? FROM session_nodes", SUFFIX)}
-    if has_ended:
-        # Only a current generation needs its window: any other is complete anyway.
-        ended_query = "SELECT session_id || ? FROM session_windows WHERE ended_at IS NOT NULL"
-        if has_current:
-            ended_query += " AND session_id IN (SELECT current_session_id FROM session_nodes)"
-        ended = {row[0] for row in connection.execute(ended_query, SUFFIX)}
-    zstd_column = "event_zstd" in events
-    candidates: list[Generation] = []
-    present_add = result.present.add
-    marker_of = markers.get
+    if version not in CHECKED_SCHEMA_VERSIONS:
+        result.problems.append(
+            f"{database}: schema version {version}, not one this release was checked against "
+            f"({', '.join(map(str, CHECKED_SCHEMA_VERSIONS))}); read because it has the tables needed"
+        )
+    current = {row[0] for row in connection.execute("SELECT current_session_id FROM session_nodes")}
+    over = _run_over(connection, columns.get("session_windows", set()))
+    created = "max(created_at)" if "created_at" in events else "0"
     counted = connection.execute(
-        "SELECT session_id || ?, count(*), max(seq) FROM transcript_events GROUP BY session_id", SUFFIX
+        f"SELECT session_id, count(*), max(seq), {created} FROM transcript_events GROUP BY session_id"
     )
-    for name, rows, last_seq in counted:
-        if name is None:
-            continue
-        present_add(name)
-        if not ((has_current and name not in current) or name in ended):
-            if has_current or has_ended:
-                result.live += 1
-            else:
-                result.undecided += 1
-        elif (
-            (marker := marker_of(name)) is not None
-            and marker.get("lastSeq") == last_seq
-            and marker.get("rows") == rows
-            and (marker.get("status") == "uploaded" or not retry_rejected)
-        ):
-            result.unchanged += 1  # uploaded and unchanged: not read again
-        else:
-            session_id = name[: -len(TRANSCRIPT_SUFFIX)]
-            candidates.append(Generation(agent_id, str(database), session_id, rows, last_seq, zstd_column))
-    for generation in candidates:
-        sizes = sizes_uploaded_as_files(generation.session_id)
-        size = _size(connection, generation, columns=events) if sizes else -1
-        if size in sizes:
-            result.adopted.append((generation, size))
-        else:
-            result.complete.append(generation)
+    append = result.sessions.append
+    for session_id, rows, last_seq, last_ms in counted:
+        if isinstance(session_id, str):
+            append(SessionRow(session_id, rows, last_seq, last_ms or 0, session_id in current, session_id in over))
+    _cold(connection, columns, result, current=current, over=over)
+    if {"archive_name", "session_id", "reason"} <= columns.get("session_transcript_archives", set()):
+        result.archives = [
+            ArchiveRow(*row)
+            for row in connection.execute("SELECT archive_name, session_id, reason FROM session_transcript_archives")
+        ]
     return result
 
 
-def uploaded_file_sizes(agent_markers: dict[str, dict[str, Any]]) -> Callable[[str], set[int]]:
-    """Byte sizes of each session's uploaded, uncompressed JSONL files, forum topics included
-    (built on first use: only sessions seen in a database for the first time ask)."""
-    by_session: dict[str, set[int]] = {}
-    built = False
-
-    def sizes(session_id: str) -> set[int]:
-        nonlocal built
-        if not built:
-            built = True
-            for name, marker in agent_markers.items():
-                # The size of a compressed archive is not its transcript's.
-                if name.endswith(ZSTD_SUFFIX) or "mtimeNs" not in marker:
-                    continue
-                if marker.get("status") == "uploaded" and isinstance(marker.get("size"), int):
-                    owner = name.partition(TRANSCRIPT_SUFFIX)[0].partition(TOPIC_SEPARATOR)[0]
-                    by_session.setdefault(owner, set()).add(marker["size"])
-        return by_session.get(session_id, set())
-
-    return sizes
+def _run_over(connection: sqlite3.Connection, windows: set[str]) -> set[str]:
+    if not {"session_id", "session_key"} <= windows:
+        return set()
+    ended = [f"status IN {RUN_OVER!r}"] if "status" in windows else []
+    ended += ["ended_at IS NOT NULL"] if "ended_at" in windows else []
+    if not ended:
+        return set()
+    # SQLite narrows the rows down to the key shapes (GLOB is case-sensitive, as keys are);
+    # is_run_key decides.
+    shapes = " OR ".join(f"session_key GLOB '*{prefix}*'" for prefix in RUN_KEY_PREFIXES)
+    rows = connection.execute(
+        f"SELECT session_id, session_key FROM session_windows WHERE ({' OR '.join(ended)}) AND ({shapes})"
+    )
+    return {session_id for session_id, key in rows if isinstance(key, str) and is_run_key(key)}
 
 
-def adopt(generations: list[tuple[Generation, int]], agent_markers: dict[str, dict[str, Any]], *, at: str) -> None:
-    """Mark generations whose transcript was uploaded as a file (same session, same size) as
-    uploaded, with their fingerprint: from now on the fingerprint tells when they change."""
-    for generation, size in generations:
-        marker = agent_markers.get(generation.name)
-        if marker is None or marker.get("status") != "uploaded":
-            marker = agent_markers[generation.name] = {
-                "status": "uploaded",
-                "response": "uploaded as a JSONL file before the move to SQLite",
-                "at": at,
-            }
-        marker.update(generation.fingerprint(), bytes=size)
+def _cold(
+    connection: sqlite3.Connection,
+    columns: dict[str, set[str]],
+    result: DatabaseScan,
+    *,
+    current: set[str],
+    over: set[str],
+) -> None:
+    """Sessions whose events are in cold storage: their rows are gone from transcript_events
+    until a later turn brings them back (then the cold row is deleted, the file stays)."""
+    if not {"session_id", "archive_name", "event_count", "last_seq"} <= columns.get(
+        "session_transcript_cold_archives", set()
+    ):
+        return
+    hot = {session.session_id for session in result.sessions}
+    archived = "archived_at" if "archived_at" in columns["session_transcript_cold_archives"] else "0"
+    for session_id, name, count, last_seq, archived_ms in connection.execute(
+        f"SELECT session_id, archive_name, event_count, last_seq, {archived} FROM session_transcript_cold_archives"
+    ):
+        if session_id not in hot:
+            row = SessionRow(session_id, count, last_seq, archived_ms or 0, session_id in current, session_id in over)
+            result.sessions.append(row._replace(cold=name))
 
 
 def _columns(connection: sqlite3.Connection) -> dict[str, set[str]]:
@@ -276,58 +225,21 @@ def _columns(connection: sqlite3.Connection) -> dict[str, set[str]]:
     return found
 
 
-def _missing_signal(columns: dict[str, set[str]], *, has_current: bool, has_ended: bool) -> str | None:
-    """A warning naming what is missing of the two signals that complete a generation: a
-    session id that is no key's current one, or a window with ``ended_at`` set."""
-    nodes = "column session_nodes.current_session_id" if "session_nodes" in columns else "table session_nodes"
-    windows = "column session_windows.ended_at" if "session_windows" in columns else "table session_windows"
-    if not has_current and not has_ended:
-        return f"no {nodes} and no {windows}; no generation can be called complete, none is uploaded"
-    if not has_current:
-        return f"no {nodes}; only generations whose window has ended count as complete"
-    if not has_ended:
-        return f"no {windows}; a generation counts as complete once no session key uses it"
-    return None
+def event_rows(database: Path, session: SessionRow) -> list[tuple[int, bytes]]:
+    """The session's rows in ``transcript_events`` as ``(seq, line)``, large events
+    decompressed, up to its fingerprint's last seq. Raises :class:`DatabaseBusy`,
+    :class:`DatabaseUnreadable`, or ``ValueError`` for an event that cannot be read."""
 
-
-def _size(connection: sqlite3.Connection, generation: Generation, *, columns: set[str]) -> int:
-    """The byte size of the generation's transcript, computed by SQLite (only for sessions
-    uploaded as files before the move, once: afterwards the fingerprint decides)."""
-    length = "length(CAST(event_json AS BLOB))"
-    if "event_utf8_bytes" in columns:
-        length = f"coalesce({length}, event_utf8_bytes)"
-    row = connection.execute(
-        f"SELECT coalesce(sum({length}), 0) + count(*) - coalesce(sum(substr(event_json, -1) = char(10)), 0) "
-        "FROM transcript_events WHERE session_id = ? AND seq <= ?",
-        (generation.session_id, generation.last_seq),
-    ).fetchone()
-    return int(row[0])
-
-
-def read_generation(generation: Generation, *, limit: int) -> bytes:
-    """The transcript: ``event_json`` of the generation's rows up to its fingerprint's last
-    ``seq``, in ``seq`` order, each line ending in a newline; at most ``limit`` bytes (more
-    means too large). Raises :class:`DatabaseBusy`, :class:`DatabaseUnreadable`, or
-    ``ValueError`` for an event that cannot be turned into a line."""
-    columns = "seq, event_json, event_zstd" if generation.zstd_column else "seq, event_json, NULL"
-
-    def read(connection: sqlite3.Connection) -> bytes:
+    def read(connection: sqlite3.Connection) -> list[tuple[int, bytes]]:
+        zstd = "event_zstd" if "event_zstd" in _columns(connection).get("transcript_events", set()) else "NULL"
         connection.text_factory = bytes  # the bytes as stored; the UTF-8 check comes later
-        parts: list[bytes] = []
-        size = 0
         rows = connection.execute(
-            f"SELECT {columns} FROM transcript_events WHERE session_id = ? AND seq <= ? ORDER BY seq",
-            (generation.session_id, generation.last_seq),
+            f"SELECT seq, event_json, {zstd} FROM transcript_events WHERE session_id = ? AND seq <= ? ORDER BY seq",
+            (session.session_id, session.last_seq),
         )
-        for seq, event, compressed in rows:
-            line = _line(seq, event, compressed)
-            parts.append(line)
-            size += len(line)
-            if size > limit:
-                break
-        return b"".join(parts)
+        return [(seq, _line(seq, event, compressed)) for seq, event, compressed in rows]
 
-    return run_read(Path(generation.database), read)
+    return run_read(database, read)
 
 
 def _line(seq: int, event: bytes | None, compressed: bytes | None) -> bytes:
@@ -335,12 +247,39 @@ def _line(seq: int, event: bytes | None, compressed: bytes | None) -> bytes:
         import zstandard  # imported here: only compressed events need it
 
         try:
-            event = zstandard.ZstdDecompressor().decompressobj().decompress(compressed)
+            # OpenClaw's per-event frames declare their size (docs/openclaw.md, "event_zstd").
+            event = zstandard.ZstdDecompressor().decompress(compressed, max_output_size=ROW_LIMIT_BYTES)
         except zstandard.ZstdError as error:
             raise ValueError(f"event {seq} is not valid zstd ({error})") from None
     if event is None:
         raise ValueError(f"event {seq} has no content")
-    return event if event.endswith(b"\n") else event + b"\n"
+    return event[:-1] if event.endswith(b"\n") else event
+
+
+def archive_blob(database: Path, name: str) -> tuple[str, bytes] | None:
+    """The encoding and blob of the archive row named ``name``, or None."""
+
+    def read(connection: sqlite3.Connection) -> tuple[str, bytes] | None:
+        row = connection.execute(
+            "SELECT encoding, archive_blob FROM session_transcript_archives WHERE archive_name = ?", (name,)
+        ).fetchone()
+        return (row[0], row[1]) if row else None
+
+    return run_read(database, read)
+
+
+def cold_blob(database: Path, session_id: str) -> bytes | None:
+    """The cold archive a session's row keeps in the database (``storage='sqlite'``), or None."""
+
+    def read(connection: sqlite3.Connection) -> bytes | None:
+        if "archive_blob" not in _columns(connection).get("session_transcript_cold_archives", set()):
+            return None
+        row = connection.execute(
+            "SELECT archive_blob FROM session_transcript_cold_archives WHERE session_id = ?", (session_id,)
+        ).fetchone()
+        return row[0] if row else None
+
+    return run_read(database, read)
 
 
 def run_read(database: Path, work: Callable[[sqlite3.Connection], T]) -> T:
@@ -386,6 +325,22 @@ def run_read(database: Path, work: Callable[[sqlite3.Connection], T]) -> T:
             continue
         return result
     raise DatabaseBusy(f"{database}: {problem}; tried {ATTEMPTS} times")
+
+
+def file_identity(database: Path) -> list[int] | None:
+    """The database file's and its WAL's inode, size and mtime: every committed write changes
+    one of them. None without a database file."""
+    identity: list[int] = []
+    for path in (str(database), f"{database}-wal"):
+        try:
+            info = os.stat(path)
+        except FileNotFoundError:
+            identity += [-1, -1, -1]
+            continue
+        except OSError:
+            return None
+        identity += [info.st_ino, info.st_size, info.st_mtime_ns]
+    return identity if identity[0] != -1 else None
 
 
 def _files(database: Path) -> tuple[tuple[int, int, int] | None, int | None, bool]:

@@ -1,5 +1,7 @@
 """OpenClaw's transcript files (JSONL storage, releases up to 2026.7.1): which files of an
-agent's sessions directory are transcripts, and which of those are complete.
+agent's sessions directory are transcripts, and which of those are complete. In the SQLite
+era the same directory holds the archives OpenClaw exports when it deletes a session
+(``docs/openclaw.md``).
 
 Read-only by design: nothing here writes, moves or renames anything under OpenClaw's state
 directory; OpenClaw relies on its own names. What we have uploaded lives in our state file.
@@ -37,6 +39,7 @@ class Transcript(NamedTuple):
     compressed: bool = False
     is_symlink: bool = False
     is_regular: bool = True
+    name_not_utf8: bool = False  # ``name`` is then :func:`printable`'s form of it
 
     @property
     def upload_name(self) -> str:
@@ -85,6 +88,8 @@ def read_index(sessions_dir: Path) -> tuple[set[str], set[str]] | str:
         index = json.loads(raw)
     except (ValueError, UnicodeDecodeError) as error:
         return f"sessions.json is not valid JSON ({str(error)[:60]})"
+    except RecursionError:
+        return "sessions.json is nested too deep to read"
     if not isinstance(index, dict):
         return "sessions.json is not a JSON object"
     session_ids: set[str] = set()
@@ -119,19 +124,21 @@ def scan(
     """
     result = Scan()
     locks: set[str] = set()
-    plain: list[tuple[os.DirEntry[str], str]] = []
+    plain: list[tuple[os.DirEntry[str], str, str]] = []
     with os.scandir(sessions_dir) as entries:
         for entry in entries:
-            name = entry.name
+            name = entry.name if entry.name.isascii() else printable(entry.name)
             # Plain string tests, no regex and no Path objects: a sessions directory may hold
             # 100,000 files, and a run with nothing new must stay close to a bare stat walk.
             stem, dot_jsonl, rest = name.partition(TRANSCRIPT_SUFFIX)
-            if not dot_jsonl or ".trajectory" in stem or ".checkpoint." in stem:
-                continue  # sessions.json and its .bak files, trajectories, checkpoints, others
+            if not dot_jsonl or ".trajectory" in stem or ".checkpoint." in stem or name.endswith(".tmp"):
+                # sessions.json and its .bak files, trajectories, checkpoints, and the
+                # <name>.<uuid>.tmp files OpenClaw writes an archive to before it links it.
+                continue
             if not rest:
                 if not entry.is_dir(follow_symlinks=False):
                     result.present.add(name)
-                    plain.append((entry, stem.partition(TOPIC_SEPARATOR)[0]))
+                    plain.append((entry, name, stem.partition(TOPIC_SEPARATOR)[0]))
                 continue
             if rest == ".lock":
                 locks.add(stem + TRANSCRIPT_SUFFIX)
@@ -146,7 +153,8 @@ def scan(
             if is_done(name, info.st_size, info.st_mtime_ns):
                 result.unchanged += 1
             else:
-                result.complete.append(_transcript(entry, info, agent_id, stem.partition(TOPIC_SEPARATOR)[0], reason))
+                session_id = stem.partition(TOPIC_SEPARATOR)[0]
+                result.complete.append(_transcript(entry, name, info, agent_id, session_id, reason))
     if not plain:
         return result
     index = read_index(sessions_dir)
@@ -157,93 +165,48 @@ def scan(
         return result
     live_ids, live_files = index
     grace_ns = int(grace_seconds * 1e9)
-    for entry, session_id in plain:
-        if session_id in live_ids or entry.name in live_files:
+    for entry, name, session_id in plain:
+        if session_id in live_ids or name in live_files:
             result.live += 1
-        elif entry.name in locks:
+        elif name in locks:
             result.locked += 1
         else:
             info = entry.stat(follow_symlinks=False)
-            if is_done(entry.name, info.st_size, info.st_mtime_ns):
+            if is_done(name, info.st_size, info.st_mtime_ns):
                 result.unchanged += 1
             elif now_ns - info.st_mtime_ns < grace_ns:
                 result.in_grace += 1
             else:
-                result.complete.append(_transcript(entry, info, agent_id, session_id, None))
-    return result
-
-
-def scan_moved(
-    *,
-    agent_id: str,
-    directory: Path,
-    is_done: Callable[[str, int, int], bool],
-    is_covered: Callable[[str, str], bool],
-) -> Scan:
-    """Classify a directory of transcripts OpenClaw moved aside when it imported them into
-    SQLite (``session-sqlite-import-archive/``): each is final, so complete, unless
-    ``is_covered(session_id, name)`` (its session is in the database, or was uploaded
-    already). A missing directory holds nothing; others raise ``OSError`` when unlistable."""
-    result = Scan()
-    try:
-        entries = os.scandir(directory)
-    except FileNotFoundError:
-        return result
-    with entries:
-        for entry in entries:
-            name = entry.name
-            stem, dot_jsonl, rest = name.partition(TRANSCRIPT_SUFFIX)
-            if not dot_jsonl or ".trajectory" in stem or ".checkpoint." in stem:
-                continue
-            reason, _, stamp = rest[1:].partition(".")
-            archived = reason in ARCHIVE_REASONS and stamp and stamp != ZSTD_SUFFIX[1:]
-            if rest and not archived:
-                continue  # .lock files and names we do not know
-            info = entry.stat(follow_symlinks=False)
-            if stat.S_ISDIR(info.st_mode):
-                continue
-            session_id = stem.partition(TOPIC_SEPARATOR)[0]
-            result.present.add(name)
-            if is_done(name, info.st_size, info.st_mtime_ns) or is_covered(session_id, name):
-                result.unchanged += 1
-            else:
-                result.complete.append(_transcript(entry, info, agent_id, session_id, reason if archived else None))
+                result.complete.append(_transcript(entry, name, info, agent_id, session_id, None))
     return result
 
 
 def _transcript(
-    entry: os.DirEntry[str], info: os.stat_result, agent_id: str, session_id: str, archive_reason: str | None
+    entry: os.DirEntry[str], name: str, info: os.stat_result, agent_id: str, session_id: str, archive_reason: str | None
 ) -> Transcript:
     return Transcript(
         agent_id,
         entry.path,
-        entry.name,
+        name,
         session_id,
         archive_reason,
         info.st_size,
         info.st_mtime_ns,
-        archive_reason is not None and entry.name.endswith(ZSTD_SUFFIX),
+        archive_reason is not None and name.endswith(ZSTD_SUFFIX),
         stat.S_ISLNK(info.st_mode),
         stat.S_ISREG(info.st_mode),
+        name != entry.name,
     )
 
 
-def transcript_size(transcript: Transcript) -> int | None:
-    """The transcript's size without reading it: the file's, or for a ``.zst`` archive the
-    size its frame header declares (None when it declares none or cannot be read)."""
-    if not transcript.compressed:
-        return transcript.size
-    if transcript.is_symlink or not transcript.is_regular:
-        return None
-    import zstandard  # imported here: only .zst archives need it
-
+def printable(name: str) -> str:
+    """A file name that is not valid UTF-8 (its bytes arrive as surrogates), with those bytes
+    written as ``\\xNN``: what its marker is keyed by and what messages show."""
     try:
-        descriptor = os.open(transcript.path, os.O_RDONLY | os.O_NOFOLLOW)
-        with os.fdopen(descriptor, "rb") as handle:
-            size = zstandard.frame_content_size(handle.read(18))
-    except (OSError, zstandard.ZstdError):
-        return None
-    return size if size >= 0 else None
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        return name.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    return name
 
 
 def read_bytes(transcript: Transcript, *, limit: int) -> bytes:

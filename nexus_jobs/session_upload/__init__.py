@@ -1,7 +1,9 @@
-"""``nexus-session-upload``: upload every completed OpenClaw session transcript to Nexus once.
+"""``nexus-session-upload``: upload every complete OpenClaw transcript to Nexus once.
 
 Reading order: ``command`` (the console script: settings, then ``upload_all``: scan ->
-upload or list -> summary) -> ``transcripts`` (an agent's completed transcripts in either
-storage era, and reading one as the server would check it) -> ``markers`` (what was sent,
-so an unchanged transcript is never read again). Below: ``nexus.sessions`` and ``openclaw``.
+upload or list -> summary) -> ``transcripts`` (an agent's complete transcripts in either
+storage era, and reading one as the server would check it) -> ``sqlite_era`` (segments of
+the SQLite era and what of them was sent) -> ``markers`` (what was sent, per destination) ->
+``upload`` (sending, one marker per answer) -> ``settings``. Below: ``nexus.sessions`` and
+``openclaw``. The contracts are ``docs/openclaw.md`` and ``docs/nexus.md``.
 """

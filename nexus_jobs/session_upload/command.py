@@ -1,10 +1,9 @@
-"""``nexus-session-upload``: upload every completed OpenClaw session transcript to Nexus once.
+"""``nexus-session-upload``: upload every complete OpenClaw transcript to Nexus once.
 
-One run: load settings -> for each agent, find its transcripts (:mod:`transcripts`: the JSONL
-files and the SQLite database, either or both) -> skip what the markers say is done
-(:mod:`upload_markers`) -> read, check and upload the rest concurrently over keep-alive
-connections (:mod:`nexus_sessions`) -> record a marker per answer, saved in checkpoints ->
-prune markers of files long gone -> summary and exit code.
+One run (:func:`upload_all`): scan -> upload, or list in a dry run -> summary. The scan finds,
+per agent, what is complete and not done for this destination (:mod:`transcripts`: JSONL files,
+and segments of the SQLite era in :mod:`sqlite_era`; :mod:`markers`); the upload
+(:mod:`upload`) reads, checks and sends it concurrently, recording a marker per answer.
 """
 
 from __future__ import annotations
@@ -13,33 +12,24 @@ import argparse
 import logging
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
-from pathlib import Path
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import Any
 
 from ..cli import frame as cli
 from ..core import config, state
-from ..core.errors import AuthError, UsageError
+from ..core.errors import UsageError
 from ..core.exits import Exit
-from ..nexus import sessions as nexus_sessions
 from ..nexus import settings as nexus_settings
-from ..nexus.sessions import ALREADY_STORED, CONFLICT, FAILED, REFUSED, REJECTED, STORED, Outcome
-from ..nexus.settings import NexusSettings
-from ..openclaw import files as openclaw
-from ..openclaw.agents import Agent
 from ..openclaw.agents import resolve_agents as agents_of
 from . import markers as upload_markers
-from . import transcripts
-from .markers import Found
-
-if TYPE_CHECKING:
-    import concurrent.futures
+from . import transcripts, upload
+from .settings import Settings
 
 PROG = "nexus-session-upload"
 JOB_TYPE = "session_upload"
 DEFAULT_JOB_ID = "session-upload"
 SERVER_LIMIT_BYTES = 10_485_760
 MARKERS_NAME = "markers"
+PRUNE_INTERVAL_SECONDS = 86400.0
 
 log = logging.getLogger("nexus_jobs")
 
@@ -77,22 +67,6 @@ OPTIONS = (
         minimum=0,
     ),
 )
-
-
-@dataclass(frozen=True)
-class Settings:
-    job_id: str
-    state_dir: Path
-    agents: tuple[Agent, ...]
-    endpoint: str
-    nexus: NexusSettings
-    grace_seconds: float
-    concurrency: int
-    max_bytes: int
-    retention_seconds: float
-    retry_rejected: bool
-    store_root: Path | None
-    show_progress: bool
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -153,220 +127,109 @@ def load_settings(loaded: config.LoadedConfig, job: config.JobEntry, args: argpa
 
 
 def upload_all(settings: Settings, *, dry_run: bool) -> cli.RunSummary:
+    """One run: scan every agent, upload what is due (or list it), summarise."""
     summary = cli.RunSummary(settings.job_id, JOB_TYPE)
-    counts = summary.counts
     for key in ("uploaded", "alreadyStored", "reuploaded", "rejected", "conflicts", "failed", "unchanged", "waiting"):
-        counts[key] = 0
+        summary.counts[key] = 0
     markers_path = state.data_path(settings.state_dir, settings.job_id, MARKERS_NAME)
-    document = state.read_json(
-        markers_path,
-        repair=not dry_run,
-        consequence="transcripts already on the server will be offered again and recognised there (409)",
-    ) or {"agents": {}}
-    markers: dict[str, dict[str, dict[str, Any]]] = document.setdefault("agents", {})
-    checkpoints = state.Checkpointer(markers_path)
-
-    todo: list[tuple[Found, dict[str, Any] | None]] = []
-    now_ns = time.time_ns()
-    for agent in settings.agents:
-        agent_markers = markers.setdefault(agent.agent_id, {})
-        database = transcripts.scan_database(
-            agent, agent_markers, retry_rejected=settings.retry_rejected, summary=summary, dry_run=dry_run
+    document = (
+        state.read_json(
+            markers_path,
+            repair=not dry_run,
+            consequence="transcripts already on the server will be offered again and recognised there (409)",
+            shape=upload_markers.shape_problem,
         )
-        if database.markers_changed:
-            checkpoints.pending_changes += 1
-        todo.extend((item, agent_markers.get(item.name)) for item in database.complete)
-        try:
-            found = openclaw.scan(
-                agent_id=agent.agent_id,
-                sessions_dir=agent.sessions_dir,
-                grace_seconds=settings.grace_seconds,
-                now_ns=now_ns,
-                is_done=upload_markers.done_check(agent_markers, retry_rejected=settings.retry_rejected),
-            )
-        except FileNotFoundError as error:
-            if not database.found:
-                summary.failures.append(f"agent {agent.agent_id}: cannot list {agent.sessions_dir}: {error.strerror}")
-                log.error("%s", summary.failures[-1])
-                continue
-            found = openclaw.Scan()  # an agent of the SQLite era may have no sessions directory at all
-        except OSError as error:
-            summary.failures.append(f"agent {agent.agent_id}: cannot list {agent.sessions_dir}: {error.strerror}")
-            log.error("%s", summary.failures[-1])
-            continue
-        if found.index_problem:
-            log.warning(
-                "agent %s: %s in %s; %d plain transcript(s) wait until it is readable (archives still upload)",
-                agent.agent_id,
-                found.index_problem,
-                agent.sessions_dir,
-                found.without_index,
-            )
-        counts["waiting"] += found.live + found.locked + found.in_grace + found.without_index
-        counts["unchanged"] += found.unchanged
-        if database.found and found.complete:
-            copies = upload_markers.copies_of_generations(found.complete, agent_markers, dry_run=dry_run)
-            counts["unchanged"] += len(copies)
-            if copies:
-                found.complete = [transcript for transcript in found.complete if transcript.name not in copies]
-                checkpoints.pending_changes += 1
-        if (
-            not dry_run
-            and database.present is not None
-            and upload_markers.prune(
-                agent_markers, present=found.present | database.present, retention_seconds=settings.retention_seconds
-            )
-        ):
-            checkpoints.pending_changes += 1
-        todo.extend((transcript, agent_markers.get(transcript.name)) for transcript in found.complete)
-
+        or {}
+    )
+    converting = "agents" in document
+    markers = upload_markers.of_destination(document, destination(settings))
+    checkpoints = state.Checkpointer(markers_path)
+    prune = not dry_run and _prune_due(document, destination(settings), settings.retention_seconds)
+    checkpoints.pending_changes += (converting or prune) and not dry_run
+    plan = _scan(settings, markers, summary=summary, prune=prune)
+    checkpoints.pending_changes += plan.markers_changed and not dry_run
+    entry = document["destinations"][destination(settings)]
     if dry_run:
-        for transcript, marker in todo:
-            why = "changed since upload" if marker else transcript.origin
-            summary.would(f"would upload {transcript.agent_id}/{transcript.name} ({transcript.extent}, {why})")
-        counts["wouldUpload"] = len(todo)
+        for item in plan.items:
+            marker = markers[item.agent_id].get(item.name)
+            why = "changed since upload" if marker else item.origin
+            summary.would(f"would upload {item.agent_id}/{item.name} ({item.extent}, {why})")
+        summary.counts["wouldUpload"] = len(plan.items)
+        summary.standing = upload_markers.standing(markers)
     else:
         try:
-            _upload(
-                todo, settings=settings, summary=summary, markers=markers, document=document, checkpoints=checkpoints
+            upload.send_all(
+                plan, settings=settings, summary=summary, markers=markers, document=document, checkpoints=checkpoints
             )
         finally:
+            summary.standing = _standing(entry, markers, checkpoints)
             checkpoints.flush(document)
-    summary.standing = upload_markers.standing(markers)
     summary.details["store"] = _store_description(settings)
-    _finish(summary, counts)
-    if summary.exit_code == Exit.OK and summary.details.get("databasesBusy"):
-        summary.exit_code = Exit.TEMPFAIL  # nothing failed; a busy database is read next run
+    _finish(summary)
     return summary
 
 
-def _upload(
-    todo: list[tuple[Found, dict[str, Any] | None]],
-    *,
-    settings: Settings,
-    summary: cli.RunSummary,
-    markers: dict[str, dict[str, dict[str, Any]]],
-    document: dict[str, Any],
-    checkpoints: state.Checkpointer,
-) -> None:
-    """Read and upload ``todo`` with ``concurrency`` threads, recording each answer as it
-    arrives. Stops early when the key is refused (exit 77) or the backend keeps failing."""
-    if not todo:
-        return
-    import concurrent.futures  # imported here: a run with nothing to upload never needs it
-
-    store = _open_store(settings)
-    failures_in_a_row = 0
-    give_up_after = max(3, settings.concurrency)
-    bar = cli.progress(total=len(todo), description="uploading", enabled=settings.show_progress)
-    pending = iter(todo)
-    in_flight: dict[concurrent.futures.Future[Sent], tuple[Found, dict[str, Any] | None]] = {}
-    refused: Outcome | None = None
-    answered = 0  # answers from the backend, whatever they said
-    with concurrent.futures.ThreadPoolExecutor(max_workers=settings.concurrency) as pool:
-        try:
-            while True:
-                stop = refused is not None or failures_in_a_row >= give_up_after
-                while not stop and len(in_flight) < settings.concurrency * 2:
-                    item = next(pending, None)
-                    if item is None:
-                        break
-                    in_flight[pool.submit(_send, item[0], store=store, settings=settings)] = item
-                if not in_flight:
-                    break
-                done, _ = concurrent.futures.wait(in_flight, return_when=concurrent.futures.FIRST_COMPLETED)
-                for future in done:
-                    transcript, marker = in_flight.pop(future)
-                    sent = future.result()
-                    outcome = sent.outcome
-                    bar.update(nbytes=sent.size or 0, failed=outcome.kind in (FAILED, REJECTED, CONFLICT))
-                    _record(sent, transcript, marker, markers=markers, summary=summary)
-                    if outcome.kind == REFUSED:
-                        refused = outcome
-                    failures_in_a_row = failures_in_a_row + 1 if outcome.kind == FAILED else 0
-                    answered += outcome.kind not in (FAILED, transcripts.UNREADABLE)
-                    checkpoints.changed(document)
-        finally:
-            bar.close()
-            store.close()
-    left = sum(1 for _ in pending)
-    if refused is not None:
-        raise AuthError(f"{refused.detail}; stopped ({left} transcript(s) left for the next run)")
-    if failures_in_a_row >= give_up_after or (failures_in_a_row and not answered):
-        summary.exit_code = Exit.UNAVAILABLE
-        summary.failures.append(
-            f"backend unavailable: {failures_in_a_row} upload(s) failed in a row and none succeeded since; "
-            f"{left + summary.counts['failed']} transcript(s) left for the next run"
-        )
-        log.error("%s", summary.failures[-1])
+def _standing(
+    entry: dict[str, Any], markers: dict[str, upload_markers.AgentMarkers], checkpoints: state.Checkpointer
+) -> dict[str, int]:
+    """How many markers say uploaded, rejected, conflict: counted again only when a marker
+    changed in this run (counting 100,000 markers is a fifth of a nothing-new run)."""
+    kept = entry.get("standing")
+    unchanged = not (checkpoints.saves or checkpoints.pending_changes)
+    if unchanged and isinstance(kept, dict) and all(isinstance(value, int) for value in kept.values()):
+        return kept
+    entry["standing"] = upload_markers.standing(markers)
+    checkpoints.pending_changes += 1
+    return entry["standing"]
 
 
-def _open_store(settings: Settings) -> nexus_sessions.SessionStore:
+def destination(settings: Settings) -> str:
+    """What markers belong to: the endpoint (without credentials or query), or the embedded
+    store's directory."""
     if settings.store_root is not None:
-        return nexus_sessions.FileSessionStore(settings.store_root)
-    return nexus_sessions.HttpSessionStore(settings.nexus, pool_size=settings.concurrency)
+        return settings.store_root.absolute().as_uri()
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(settings.endpoint)
+    host = parts.hostname or ""
+    if parts.port:
+        host += f":{parts.port}"
+    return f"{parts.scheme}://{host}{parts.path.rstrip('/')}"
 
 
-class Sent(NamedTuple):
-    """The store's answer, and the sha256 and size of what was sent (None when nothing was)."""
-
-    outcome: Outcome
-    sha256: str | None = None
-    size: int | None = None
-
-
-def _send(transcript: Found, *, store: nexus_sessions.SessionStore, settings: Settings) -> Sent:
-    prepared = transcripts.read_transcript(transcript, max_bytes=settings.max_bytes)
-    if isinstance(prepared, Outcome):
-        return Sent(prepared)
-    return Sent(store.upload(prepared), prepared.sha256, len(prepared.content))
+def _prune_due(document: dict[str, Any], where: str, retention_seconds: float) -> bool:
+    """Whether this run forgets markers of what is gone: at most once a tenth of the retention
+    period (and a day), as going through every marker is most of a nothing-new run's time."""
+    entry = document["destinations"][where]
+    now = time.time()
+    last = entry.get("prunedAt")
+    if isinstance(last, (int, float)) and 0 <= now - last < min(PRUNE_INTERVAL_SECONDS, retention_seconds / 10):
+        return False
+    entry["prunedAt"] = now
+    return True
 
 
-def _record(
-    sent: Sent,
-    transcript: Found,
-    marker: dict[str, Any] | None,
-    *,
-    markers: dict[str, dict[str, dict[str, Any]]],
-    summary: cli.RunSummary,
-) -> None:
-    outcome = sent.outcome
-    where = f"{transcript.agent_id}/{transcript.name}"
-    counts = summary.counts
-    if outcome.kind in (STORED, ALREADY_STORED):
-        if marker is not None and marker.get("status") == "uploaded":
-            counts["reuploaded"] += 1
-            log.warning(
-                "%s changed after it was uploaded (%s); uploaded again",
-                where,
-                upload_markers.describe_change(marker, transcript),
-            )
-        else:
-            counts["uploaded" if outcome.kind == STORED else "alreadyStored"] += 1
-            log.info("%s: %s", where, outcome.detail)
-        status = "uploaded"
-    elif outcome.kind == REJECTED:
-        counts["rejected"] += 1
-        log.warning("%s: rejected: %s (see status; --retry-rejected tries again)", where, outcome.detail)
-        status = "rejected"
-    elif outcome.kind == CONFLICT:
-        counts["conflicts"] += 1
-        summary.failures.append(f"{where}: conflict: {outcome.detail}")
-        log.error("%s", summary.failures[-1])
-        status = "conflict"
-    else:
-        if outcome.kind in (FAILED, transcripts.UNREADABLE):
-            counts["failed"] += 1
-            summary.failures.append(f"{where}: upload failed: {outcome.detail}")
-            log.error("%s", summary.failures[-1])
-        return
-    markers.setdefault(transcript.agent_id, {})[transcript.name] = upload_markers.new_marker(
-        transcript,
-        status=status,
-        response=outcome.detail if outcome.http_status is None else f"{outcome.http_status} {outcome.detail}",
-        sha256=sent.sha256,
-        sent_bytes=sent.size,
-    )
+def _scan(
+    settings: Settings, markers: dict[str, upload_markers.AgentMarkers], *, summary: cli.RunSummary, prune: bool
+) -> upload.Plan:
+    plan = upload.Plan()
+    now_ns = time.time_ns()
+    for agent in settings.agents:
+        agent_markers = markers.setdefault(agent.agent_id, {})
+        found = transcripts.scan_agent(
+            agent,
+            agent_markers,
+            grace_seconds=settings.grace_seconds,
+            now_ns=now_ns,
+            retry_rejected=settings.retry_rejected,
+            retention_seconds=settings.retention_seconds,
+            summary=summary,
+            prune=prune,
+        )
+        plan.items.extend(found.items)
+        plan.settlements.extend((agent.agent_id, settlement) for settlement in found.settlements)
+        plan.markers_changed |= found.markers_changed
+    return plan
 
 
 def _store_description(settings: Settings) -> str:
@@ -375,9 +238,12 @@ def _store_description(settings: Settings) -> str:
     return settings.endpoint
 
 
-def _finish(summary: cli.RunSummary, counts: dict[str, int]) -> None:
+def _finish(summary: cli.RunSummary) -> None:
+    counts = summary.counts
     if summary.exit_code == Exit.OK and summary.failures:
         summary.exit_code = Exit.PARTIAL
+    if summary.exit_code == Exit.OK and summary.details.get("databasesBusy"):
+        summary.exit_code = Exit.TEMPFAIL  # nothing failed; a busy database is read next run
     sent = counts["uploaded"] + counts["reuploaded"]
     parts = [f"uploaded {sent}" + (f" to {summary.details['store']}" if sent else "")]
     for key, words in (

@@ -1,9 +1,15 @@
-"""What ``nexus-session-upload`` remembers per transcript: one marker per file (or database
-generation) with its fingerprint (size and mtime, or events and last seq), the sha256 and size
-of what was sent, the status (uploaded, rejected, conflict), the server's answer and the time.
+"""What ``nexus-session-upload`` remembers, per destination (``docs/openclaw.md``, "Markers"):
+one marker per transcript file or segment with its fingerprint (size and mtime of a file; the
+session and first and last events of a segment), the sha256 of what was sent, the status
+(uploaded, rejected, conflict), the server's answer and the time; and a record per database
+session (its rows and last seq) so an unchanged session is never read again.
 
-An unchanged file is never read again; a changed one is uploaded again; markers of files gone
-for the retention period are forgotten, so the state does not grow without bound.
+Markers belong to the destination they were sent to: switching the endpoint makes every
+complete transcript due again there. Markers of files gone for the retention period are
+forgotten, so the state does not grow without bound.
+
+The file: ``{"destinations": {"<destination>": {"agents": {"<agentId>": {"<name>": marker}}}}}``.
+The layout before destinations, ``{"agents": ...}``, is read as the current destination's.
 """
 
 from __future__ import annotations
@@ -13,23 +19,78 @@ from collections.abc import Callable
 from typing import Any
 
 from ..core import state
-from ..openclaw import database as openclaw_sqlite
 from ..openclaw import files as openclaw
+from .sqlite_era import Segment
 
-# A transcript file, or a transcript generation of an agent database.
-Found = openclaw.Transcript | openclaw_sqlite.Generation
+# What a run may send: a transcript file (JSONL era), or a segment (SQLite era).
+Item = openclaw.Transcript | Segment
+AgentMarkers = dict[str, dict[str, Any]]
 
 
-def new_marker(
-    transcript: Found, *, status: str, response: str, sha256: str | None, sent_bytes: int | None
-) -> dict[str, Any]:
-    marker: dict[str, Any] = {**transcript.fingerprint(), "status": status, "response": response, "at": _now()}
+def shape_problem(document: dict[str, Any]) -> str | None:
+    """Why a markers document cannot be used (it is then moved aside like a corrupt one)."""
+    layouts: list[Any] = []
+    if "destinations" in document:
+        if not isinstance(document["destinations"], dict):
+            return "destinations is not an object"
+        for destination in document["destinations"].values():
+            if not isinstance(destination, dict):
+                return "a destination is not an object"
+            layouts.append(destination.get("agents", {}))
+    if "agents" in document:
+        layouts.append(document["agents"])
+    for agents in layouts:
+        if not isinstance(agents, dict) or not all(isinstance(markers, dict) for markers in agents.values()):
+            return "agents is not an object of objects"
+        for markers in agents.values():
+            if not set(map(type, markers.values())) <= {dict}:  # map: 100,000 markers at C speed
+                return "a marker is not an object"
+    return None
+
+
+def of_destination(document: dict[str, Any], destination: str) -> dict[str, AgentMarkers]:
+    """The agents' markers for ``destination``; the layout before destinations becomes the
+    current destination's (converted once: the next save writes the new layout)."""
+    destinations = document.setdefault("destinations", {})
+    legacy = document.pop("agents", None)
+    if legacy and destination not in destinations:
+        destinations[destination] = {"agents": legacy}
+    entry: dict[str, AgentMarkers] = destinations.setdefault(destination, {}).setdefault("agents", {})
+    return entry
+
+
+def new_marker(item: Item, *, status: str, response: str, sha256: str | None) -> dict[str, Any]:
+    marker: dict[str, Any] = {**item.fingerprint(), "status": status, "at": _now()}
+    if response != "200 stored" or not isinstance(item, Segment):
+        marker["response"] = response  # a segment's plain success goes unsaid: there are many
     if sha256 is not None:
         marker["sha256"] = sha256
-    if sent_bytes is not None and isinstance(transcript, openclaw_sqlite.Generation):
-        # So the archive OpenClaw writes when the session is deleted is known as a copy.
-        marker["bytes"] = sent_bytes
     return marker
+
+
+class SentDigests:
+    """sha256 of what was sent earlier under each name and session id of an agent: a 409
+    without sha256 proves nothing when the content differs from one of them (docs/nexus.md).
+    Built once per run (a lookup per upload must not walk every marker)."""
+
+    def __init__(self, agent_markers: AgentMarkers) -> None:
+        self.by_session: dict[str, set[str]] = {}
+        for marker in agent_markers.values():
+            if marker.get("status") == "uploaded" and isinstance(marker.get("sha256"), str):
+                self.add(marker.get("session"), marker["sha256"])
+        self.agent_markers = agent_markers
+
+    def add(self, session_id: object, sha256: str) -> None:
+        """Record what was sent of a session (a segment's; a JSONL file is judged by name)."""
+        if isinstance(session_id, str):
+            self.by_session.setdefault(session_id, set()).add(sha256)
+
+    def before(self, item: Item) -> frozenset[str]:
+        digests = set(self.by_session.get(item.session_id, ()))
+        marker = self.agent_markers.get(item.name)
+        if marker is not None and isinstance(marker.get("sha256"), str):
+            digests.add(marker["sha256"])
+        return frozenset(digests)
 
 
 def done_check(agent_markers: dict[str, dict[str, Any]], *, retry_rejected: bool) -> Callable[[str, int, int], bool]:
@@ -45,14 +106,14 @@ def done_check(agent_markers: dict[str, dict[str, Any]], *, retry_rejected: bool
     return is_done
 
 
-def prune(agent_markers: dict[str, dict[str, Any]], *, present: set[str], retention_seconds: float) -> bool:
-    """Forget markers of files gone for the retention period; True if anything changed."""
+def prune(agent_markers: AgentMarkers, *, names: set[str], sessions: set[str], retention_seconds: float) -> bool:
+    """Forget markers of files (``names`` are there) and of sessions' segments and records
+    (``sessions`` are there) gone for the retention period; True if anything changed."""
     changed = False
     now = time.time()
-    for name in list(agent_markers):
-        marker = agent_markers[name]
+    for name, marker in list(agent_markers.items()):
         gone_since = marker.get("goneSince")
-        if name in present:
+        if name in names or marker.get("session", "") in sessions:
             if gone_since is not None:
                 del marker["goneSince"]
                 changed = True
@@ -65,43 +126,13 @@ def prune(agent_markers: dict[str, dict[str, Any]], *, present: set[str], retent
     return changed
 
 
-def copies_of_generations(
-    complete: list[openclaw.Transcript], agent_markers: dict[str, dict[str, Any]], *, dry_run: bool
-) -> set[str]:
-    """Archives whose session's generation was uploaded from the database already, with the
-    same transcript size: OpenClaw wrote them when it deleted the session, a copy of what
-    was sent. They are marked uploaded instead of being sent again under their own name."""
-    copies = set()
-    for transcript in complete:
-        generation = agent_markers.get(transcript.session_id + openclaw.TRANSCRIPT_SUFFIX)
-        if (
-            transcript.archive_reason is None
-            or generation is None
-            or generation.get("status") != "uploaded"
-            or generation.get("bytes") is None
-            or generation["bytes"] != openclaw.transcript_size(transcript)
-        ):
-            continue
-        copies.add(transcript.name)
-        if not dry_run:
-            agent_markers[transcript.name] = {
-                **transcript.fingerprint(),
-                "status": "uploaded",
-                "response": f"a copy of {transcript.session_id}.jsonl, uploaded from the database before",
-                "at": _now(),
-            }
-    return copies
+def describe_change(marker: dict[str, Any], item: Item) -> str:
+    if isinstance(item, Segment):
+        return f"its events up to {marker.get('last')} -> up to {item.last}"
+    return f"{marker.get('size')} -> {item.size} bytes"
 
 
-def describe_change(marker: dict[str, Any], transcript: Found) -> str:
-    if isinstance(transcript, openclaw_sqlite.Generation):
-        if "rows" in marker:
-            return f"{marker['rows']} -> {transcript.rows} events"
-        return f"a {marker.get('size')} byte file before the move to SQLite, now {transcript.rows} events"
-    return f"{marker.get('size')} -> {transcript.size} bytes"
-
-
-def standing(markers: dict[str, dict[str, dict[str, Any]]]) -> dict[str, int]:
+def standing(markers: dict[str, AgentMarkers]) -> dict[str, int]:
     standing = {"uploaded": 0, "rejected": 0, "conflict": 0}
     for agent_markers in markers.values():
         for marker in agent_markers.values():

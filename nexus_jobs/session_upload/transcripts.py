@@ -1,7 +1,8 @@
-"""An agent's transcripts, whatever OpenClaw's storage era: the JSONL files of its sessions
-directory (:mod:`openclaw`), the generations of its SQLite database and the files OpenClaw
-moved aside when it imported them (:mod:`openclaw_sqlite`); and reading one, checked the way
-the server would check it (at most the size limit, UTF-8) before it is sent.
+"""An agent's complete transcripts, whatever OpenClaw's storage era (``docs/openclaw.md``):
+the JSONL files of its sessions directory (:mod:`openclaw.files`) and, when it has a session
+database, the segments of its sessions (:mod:`sqlite_era`), which also take over the archive
+files; and reading one, checked the way the server would check it (at most the size limit,
+UTF-8) before it is sent.
 """
 
 from __future__ import annotations
@@ -12,13 +13,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..cli import frame as cli
-from ..core import state
-from ..nexus.sessions import REJECTED, Outcome, Upload
-from ..openclaw import database as openclaw_sqlite
+from ..nexus.sessions import REJECTED, StoreAnswer, Upload
+from ..openclaw import database as openclaw_db
 from ..openclaw import files as openclaw
 from ..openclaw.agents import Agent
 from . import markers as upload_markers
-from .markers import Found
+from . import quiet, sqlite_era
+from .markers import Item
 
 READ_CHUNK_BYTES = 1 << 20
 # A file we could not read: counted as failed and retried, but says nothing about the backend.
@@ -28,134 +29,133 @@ log = logging.getLogger("nexus_jobs")
 
 
 @dataclass
-class DatabasePart:
-    found: bool = False
-    complete: list[openclaw_sqlite.Generation | openclaw.Transcript] = field(default_factory=list)
-    # Marker keys of everything listed; None when something could not be listed (no pruning).
-    present: set[str] | None = field(default_factory=set)
+class AgentScan:
+    """What one agent has to send, and what to remember once it was sent."""
+
+    items: list[Item] = field(default_factory=list)
+    settlements: list[sqlite_era.Settlement] = field(default_factory=list)
     markers_changed: bool = False
 
 
-def scan_database(
+def scan_agent(
     agent: Agent,
     agent_markers: dict[str, dict[str, Any]],
     *,
+    grace_seconds: float,
+    now_ns: int,
     retry_rejected: bool,
+    retention_seconds: float,
     summary: cli.RunSummary,
-    dry_run: bool,
-) -> DatabasePart:
-    """The agent's SQLite storage: complete generations of its database, and the transcripts
-    OpenClaw moved aside when it imported them (uploaded once, unless the database holds
-    their session: its generation is the whole transcript, uploaded when complete)."""
-    part = DatabasePart()
+    prune: bool,
+) -> AgentScan:
+    """List the agent's sessions directory and database; what is complete and not done."""
+    result = AgentScan()
     counts = summary.counts
     where = f"agent {agent.agent_id}"
-    covered: set[str] | None = set()  # <sessionId>.jsonl of what the database holds; None: cannot tell
     try:
-        found = openclaw_sqlite.scan(
+        files = openclaw.scan(
             agent_id=agent.agent_id,
-            database=openclaw_sqlite.database_path(agent.sessions_dir),
-            markers=agent_markers,
-            retry_rejected=retry_rejected,
-            sizes_uploaded_as_files=openclaw_sqlite.uploaded_file_sizes(agent_markers),
+            sessions_dir=agent.sessions_dir,
+            grace_seconds=grace_seconds,
+            now_ns=now_ns,
+            is_done=upload_markers.done_check(agent_markers, retry_rejected=retry_rejected),
         )
-    except openclaw_sqlite.DatabaseBusy as error:
-        log.warning("%s: %s; its database is skipped until the next run", where, error)
-        summary.details.setdefault("databasesBusy", []).append(agent.agent_id)
-        part.found, part.present = True, None
-        return part
-    except openclaw_sqlite.DatabaseUnreadable as error:
-        summary.failures.append(f"{where}: cannot read {error}")
+    except FileNotFoundError as error:
+        files = openclaw.Scan()  # an agent of the SQLite era may have no sessions directory
+        missing: FileNotFoundError | None = error
+    except OSError as error:
+        summary.failures.append(f"{where}: cannot list {agent.sessions_dir}: {error.strerror}")
         log.error("%s", summary.failures[-1])
-        part.found, part.present = True, None
-        return part
-    for problem in found.problems:
-        (log.warning if found.usable else log.error)("%s: %s", where, problem)
-        if not found.usable:
-            summary.failures.append(f"{where}: {problem}")
-    part.found = found.found
-    if not found.usable:
-        part.present = covered = None
+        return result
     else:
-        covered = found.present
-        assert part.present is not None
-        part.present |= found.present
-    counts["waiting"] += found.live + found.undecided
-    counts["unchanged"] += found.unchanged + len(found.adopted)
-    part.complete.extend(found.complete)
-    if found.adopted and not dry_run:
-        openclaw_sqlite.adopt(found.adopted, agent_markers, at=state.isoformat(state.now_utc()))
-        part.markers_changed = True
-        log.info("%s: %d session(s) uploaded as JSONL files before the move to SQLite", where, len(found.adopted))
-    if covered is None:
-        return part
-    done = upload_markers.done_check(agent_markers, retry_rejected=retry_rejected)
-    in_database = covered
+        missing = None
+    archives = [item for item in files.complete if item.archive_reason is not None]
+    database = sqlite_era.scan(
+        agent,
+        agent_markers,
+        archives=archives,
+        grace_seconds=grace_seconds,
+        now_ms=now_ns // 1_000_000,
+        retry_rejected=retry_rejected,
+        summary=summary,
+        prune=prune,
+    )
+    if missing is not None and not database.found:
+        summary.failures.append(f"{where}: cannot list {agent.sessions_dir}: {missing.strerror}")
+        log.error("%s", summary.failures[-1])
+        return result
+    if files.index_problem and not database.found:
+        log.warning(
+            "agent %s: %s in %s; %d plain transcript(s) wait until it is readable (archives still upload)",
+            agent.agent_id,
+            files.index_problem,
+            agent.sessions_dir,
+            files.without_index,
+        )
+    counts["waiting"] += files.live + files.locked + files.in_grace + files.without_index
+    counts["unchanged"] += files.unchanged
+    # With a session database, archives are cut into segments (sqlite_era); while it cannot
+    # be read they wait with it: only the database tells which of their events were sent.
+    result.items.extend(item for item in files.complete if not (database.found and item.archive_reason))
+    result.items.extend(database.complete)
+    result.settlements = database.settlements
+    result.markers_changed = database.markers_changed
+    if prune and database.sessions is not None:
+        records = {sqlite_era.SESSION_RECORD_PREFIX + session_id for session_id in database.sessions}
+        records.add(quiet.QUIET_KEY)
+        result.markers_changed |= upload_markers.prune(
+            agent_markers,
+            names=files.present | database.archive_names | records,
+            sessions=database.sessions,
+            retention_seconds=retention_seconds,
+        )
+    return result
 
-    def is_covered(session_id: str, name: str) -> bool:
-        if session_id + openclaw.TRANSCRIPT_SUFFIX in in_database:
-            return True
-        return agent_markers.get(name, {}).get("status") == "uploaded"
 
-    for directory in dict.fromkeys(openclaw_sqlite.import_archive_dirs(agent.sessions_dir)):
-        try:
-            moved = openclaw.scan_moved(
-                agent_id=agent.agent_id, directory=directory, is_done=done, is_covered=is_covered
-            )
-        except OSError as error:
-            summary.failures.append(f"{where}: cannot list {directory}: {error.strerror}")
-            log.error("%s", summary.failures[-1])
-            part.present = None
-            continue
-        counts["unchanged"] += moved.unchanged
-        part.complete.extend(moved.complete)
-        if part.present is not None:
-            part.present |= moved.present
-    return part
-
-
-def read_transcript(transcript: Found, *, max_bytes: int) -> Upload | Outcome:
-    """The file's bytes (a ``.zst`` archive decompressed) or the generation's events, checked
-    the way the server would check them: at most ``max_bytes``, UTF-8. A failed check is a
-    local rejection."""
-    content = _read(transcript, limit=max_bytes + 1)
-    if isinstance(content, Outcome):
+def read_item(item: Item, *, max_bytes: int) -> Upload | StoreAnswer:
+    """The transcript's bytes (a ``.zst`` archive decompressed; a segment with its session's
+    header line), checked the way the server would check them: at most ``max_bytes``,
+    UTF-8. A failed check is a local rejection."""
+    if isinstance(item, openclaw.Transcript) and item.name_not_utf8:
+        return StoreAnswer(REJECTED, "its file name is not valid UTF-8 (Nexus takes names as UTF-8 text); not sent")
+    content = _read(item, limit=max_bytes + 1)
+    if isinstance(content, StoreAnswer):
         return content
     if len(content) > max_bytes:
-        return Outcome(REJECTED, f"larger than the limit of {max_bytes} bytes; not sent")
+        return StoreAnswer(REJECTED, f"larger than the limit of {max_bytes} bytes; not sent")
     problem = _utf8_problem(content)
     if problem:
-        return Outcome(REJECTED, problem)
+        return StoreAnswer(REJECTED, problem)
     import hashlib  # imported here: loading OpenSSL costs a not-due run ms
 
     return Upload(
-        agent_id=transcript.agent_id,
-        session_id=transcript.session_id,
-        file_name=transcript.upload_name,
-        archive_reason=transcript.archive_reason,
+        agent_id=item.agent_id,
+        session_id=item.session_id,
+        file_name=item.upload_name,
+        archive_reason=item.archive_reason,
         content=content,
         sha256=hashlib.sha256(content).hexdigest(),
     )
 
 
-def _read(transcript: Found, *, limit: int) -> bytes | Outcome:
-    if isinstance(transcript, openclaw_sqlite.Generation):
+def _read(item: Item, *, limit: int) -> bytes | StoreAnswer:
+    if isinstance(item, sqlite_era.Segment):
         try:
-            return openclaw_sqlite.read_generation(transcript, limit=limit)
-        except (openclaw_sqlite.DatabaseBusy, openclaw_sqlite.DatabaseUnreadable) as error:
-            return Outcome(UNREADABLE, f"cannot read it: {error} (will retry next run)")
+            return sqlite_era.read_segment(item)
+        except (openclaw_db.DatabaseBusy, openclaw_db.DatabaseUnreadable, OSError) as error:
+            return StoreAnswer(UNREADABLE, f"cannot read it: {error} (will retry next run)")
         except ValueError as error:
-            return Outcome(REJECTED, str(error))
-    if transcript.is_symlink:
-        return Outcome(REJECTED, "is a symbolic link; not followed (transcripts are regular files)")
-    if not transcript.is_regular:
-        return Outcome(REJECTED, "not a regular file")
+            return StoreAnswer(REJECTED, str(error))
+    if item.is_symlink:
+        return StoreAnswer(REJECTED, "is a symbolic link; not followed (transcripts are regular files)")
+    if not item.is_regular:
+        return StoreAnswer(REJECTED, "not a regular file")
     try:
-        return openclaw.read_bytes(transcript, limit=limit)
+        return openclaw.read_bytes(item, limit=limit)
     except OSError as error:
-        return Outcome(UNREADABLE, f"cannot read it: {error.strerror} (will retry next run)")
+        return StoreAnswer(UNREADABLE, f"cannot read it: {error.strerror} (will retry next run)")
     except ValueError as error:
-        return Outcome(REJECTED, str(error))
+        return StoreAnswer(REJECTED, str(error))
 
 
 def _utf8_problem(content: bytes) -> str | None:
