@@ -33,6 +33,7 @@ if str(ROOT) not in sys.path:
 
 import paho.mqtt.client as mqtt  # noqa: E402
 
+from bench.p6_mqtt_cycle import publish_pointer  # noqa: E402
 from tests.mosquitto_server import MosquittoServer  # noqa: E402
 
 WORKER = Path(sys.executable).parent / "mqtt-job-worker"
@@ -75,15 +76,6 @@ class Results:
             self.by_id.setdefault(document["id"], []).append(document)
 
 
-def publish(server: MosquittoServer, document: dict[str, Any]) -> None:
-    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
-    client.connect(server.host, server.port)
-    client.loop_start()
-    client.publish("jobs/pending", json.dumps(document), qos=1).wait_for_publish(10)
-    client.disconnect()
-    client.loop_stop()
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--jobs", type=int, default=10)
@@ -104,7 +96,7 @@ def main() -> int:
         for name in names:
             (data / name).mkdir()
             (data / name / "job.json").write_text(json.dumps({"steps": [STEP]}))
-            publish(server, {"id": name, "workDir": str(data / name)})
+            publish_pointer(server, {"id": name, "workDir": str(data / name)})
         orphan_checks = []
         for _ in range(args.kills):
             worker = subprocess.Popen([str(WORKER), "--wait-timeout", "5"], env=env, stderr=subprocess.DEVNULL)

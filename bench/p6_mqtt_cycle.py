@@ -25,6 +25,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
@@ -58,7 +59,7 @@ def timed(command: list[str], *, env: dict[str, str]) -> float:
     return elapsed
 
 
-def publish_pointer(server: MosquittoServer, document: dict[str, str]) -> None:
+def publish_pointer(server: MosquittoServer, document: dict[str, Any]) -> None:
     client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
     client.connect(server.host, server.port)
     client.loop_start()
