@@ -249,7 +249,8 @@ def test_a_stopped_upload_keeps_its_work_and_is_recorded_as_interrupted(
     record = json.loads((state_dir / "session-upload.json").read_text())
     assert (record["lastOutcome"], record["lastExitCode"]) == ("interrupted", code)
     assert "lastSuccessStartedAt" not in record
-    markers = json.loads((state_dir / "session-upload.markers.json").read_text())["agents"]["main"]
+    (destination,) = json.loads((state_dir / "session-upload.markers.json").read_text())["destinations"].values()
+    markers = destination["agents"]["main"]
     kept = {name.removesuffix(".zst") for name in markers}  # markers name the file, uploads its content
     assert kept, "the answers received before the signal were saved"
     before = len(nexus.posts())
