@@ -288,6 +288,7 @@ def test_progress_bar_on_a_terminal_shows_bytes_rate_errors_and_ends_with_one_li
 ) -> None:
     tree = build_realistic(tmp_path / "openclaw")
     env = {**clean_env, "OPENCLAW_STATE_DIR": str(tree.root), "NEXUS_STATE_DIR": str(tmp_path / "state")}
+    env["NEXUS_ENDPOINT"] = "embedded"
     code, output = _run_on_a_terminal([script("nexus-session-upload"), *(["-v"] if verbose else [])], env)
     assert code == 0, output
     total = len(tree.expected_uploads)

@@ -30,7 +30,10 @@ def tree(tmp_path: Path) -> Tree:
 
 @pytest.fixture
 def env(clean_env: dict[str, str], tree: Tree, tmp_path: Path) -> dict[str, str]:
-    clean_env.update(OPENCLAW_STATE_DIR=str(tree.root), NEXUS_STATE_DIR=str(tmp_path / "state"))
+    # The embedded store, asked for by name (with no endpoint at all, runs that store say so).
+    clean_env.update(
+        OPENCLAW_STATE_DIR=str(tree.root), NEXUS_STATE_DIR=str(tmp_path / "state"), NEXUS_ENDPOINT="embedded"
+    )
     return clean_env
 
 
@@ -541,7 +544,7 @@ def test_bad_environment_value_names_the_variable(env: dict[str, str]) -> None:
         (["--agent", "nobody"], 2, "unknown agent 'nobody' (known: main)"),
         (["--no-such-flag"], 2, "unrecognized arguments"),
         (["--config", "/nonexistent/config.json"], 78, "config file not found"),
-        (["--endpoint", "gopher://x"], 78, "expected an http(s):// URL or file:///dir"),
+        (["--endpoint", "gopher://x"], 78, "expected an http(s):// URL, file:///dir or 'embedded'"),
     ],
 )
 def test_bad_flags(env: dict[str, str], args: list[str], exit_code: int, expected: str) -> None:

@@ -113,6 +113,7 @@ def test_bad_input(case: dict[str, Any], clean_env: dict[str, str], tmp_path: Pa
     else:
         expected, live, writer = prepare(case, root, state_dir)
     env = {**clean_env, "OPENCLAW_STATE_DIR": str(root), "NEXUS_STATE_DIR": str(state_dir)}
+    env["NEXUS_ENDPOINT"] = "embedded"  # asked for by name: quiet
     try:
         result = run_cli(COMMAND, env=env)
     finally:

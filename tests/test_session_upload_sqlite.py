@@ -103,7 +103,10 @@ def tree(tmp_path: Path) -> SqliteTree:
 
 @pytest.fixture
 def env(clean_env: dict[str, str], tree: SqliteTree, tmp_path: Path) -> dict[str, str]:
-    clean_env.update(OPENCLAW_STATE_DIR=str(tree.root), NEXUS_STATE_DIR=str(tmp_path / "state"))
+    # The embedded store, asked for by name (with no endpoint at all, runs that store say so).
+    clean_env.update(
+        OPENCLAW_STATE_DIR=str(tree.root), NEXUS_STATE_DIR=str(tmp_path / "state"), NEXUS_ENDPOINT="embedded"
+    )
     return clean_env
 
 
@@ -475,6 +478,7 @@ def test_database_of_a_release_before_sqlite_sessions_is_ignored_quietly(
     database = tree.root / "agents" / "main" / "agent" / "openclaw-agent.sqlite"
     create_database(database, "CREATE TABLE auth_profiles (id TEXT PRIMARY KEY, data TEXT);").close()
     environment = {**clean_env, "OPENCLAW_STATE_DIR": str(tree.root), "NEXUS_STATE_DIR": str(tmp_path / "state")}
+    environment["NEXUS_ENDPOINT"] = "embedded"
     result = run_cli(COMMAND, env=environment)
     assert result.returncode == 0 and result.stderr == "", result.stderr
     assert inbox(environment) == tree.expected_uploads

@@ -24,7 +24,7 @@ from ..core.errors import ConfigError, JobError
 from ..core.exits import Exit, worst
 from ..core.secrets import redact
 from ..nexus import settings as nexus_settings
-from ..nexus.settings import NexusSettings
+from ..nexus.settings import EMBEDDED, NexusSettings
 from ..openclaw.agents import openclaw_state_dir
 from ..openclaw.agents import resolve_agents as agents_of
 from ..openclaw.database import database_path
@@ -207,7 +207,15 @@ def _check_nexus(
         agent_id = agents[0].agent_id if agents else "main"
     try:
         # A read-only request proves reachability and the key at once.
-        return Check("ok", "nexus backend", store.probe(agent_id))
+        described = store.probe(agent_id)
+        if nexus.implicit_store:
+            return Check(
+                "warn",
+                "nexus backend",
+                f"no endpoint is configured, so transcripts go to the {described}; set NEXUS_ENDPOINT to "
+                f"send them to Nexus, or nexus.endpoint {EMBEDDED!r} if the embedded store is what you want",
+            )
+        return Check("ok", "nexus backend", described)
     except JobError as error:
         return Check("FAIL", "nexus backend", str(error), error.exit_code)
     finally:

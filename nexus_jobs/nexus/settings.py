@@ -16,14 +16,17 @@ from ..core.errors import AuthError, BackendUnavailable, ConfigError, JobError
 from ..core.secrets import redact, register_secret
 
 DEFAULT_STORE_DIR_NAME = "nexus-store"
+# The endpoint that asks for the embedded store in the state directory; an empty endpoint gets
+# the same store, but every run that stores something there says so (docs/nexus.md).
+EMBEDDED = "embedded"
 
 OPTIONS = (
     Option(
         "nexus.endpoint",
         str,
         "",
-        "Nexus API base URL, or file:///dir for a local directory store (empty: the embedded store "
-        "in the state directory)",
+        "Nexus API base URL; file:///dir for a local directory store; 'embedded' for the one in "
+        "the state directory (empty: that store too, with a warning on every run that stores there)",
         flag="--endpoint",
         env="NEXUS_ENDPOINT",
     ),
@@ -75,6 +78,12 @@ class NexusSettings:
     def store_root(self, state_dir: Path) -> Path | None:
         return local_store_root(self.endpoint, state_dir=state_dir)
 
+    @property
+    def implicit_store(self) -> bool:
+        """No endpoint at all: the embedded store serves, though nobody asked for it (an env
+        file that did not load, a typo): runs that store something there must say so."""
+        return not self.endpoint
+
 
 def resolve(loaded: config.LoadedConfig, flags: Mapping[str, Any]) -> NexusSettings:
     """The ``nexus`` settings by the usual precedence; the key is registered as a secret.
@@ -119,8 +128,10 @@ def _form_problems(endpoint: str, api_key: str) -> list[str]:
                 raise ValueError("no host name")
         except ValueError as error:
             problems.append(f"nexus.endpoint: not a valid URL ({error}): {endpoint!r}")
-    elif endpoint and not endpoint.startswith("file://"):
-        problems.append(f"nexus.endpoint: expected an http(s):// URL or file:///dir, got {endpoint!r}")
+    elif endpoint and endpoint != EMBEDDED and not endpoint.startswith("file://"):
+        problems.append(
+            f"nexus.endpoint: expected an http(s):// URL, file:///dir or {EMBEDDED!r}, got {endpoint!r}"
+        )
     # An HTTP header holds printable ASCII only; the key itself is never shown.
     if api_key and not all(33 <= ord(character) <= 126 for character in api_key):
         problems.append("nexus.apiKey (NEXUS_API_KEY): contains spaces or characters that are not printable ASCII")
@@ -178,8 +189,8 @@ def server_message(raw: bytes) -> str:
 
 def local_store_root(endpoint: str, *, state_dir: Path) -> Path | None:
     """The directory of the embedded store, or None when ``endpoint`` is an HTTP backend:
-    no endpoint means ``<state dir>/nexus-store``; ``file:///dir`` means ``/dir``."""
-    if not endpoint:
+    no endpoint or ``embedded`` means ``<state dir>/nexus-store``; ``file:///dir`` means ``/dir``."""
+    if not endpoint or endpoint == EMBEDDED:
         return state_dir / DEFAULT_STORE_DIR_NAME
     if endpoint.startswith("file://"):
         from urllib.parse import unquote, urlsplit
@@ -190,4 +201,4 @@ def local_store_root(endpoint: str, *, state_dir: Path) -> Path | None:
         return Path(unquote(parts.path))
     if endpoint.startswith(("http://", "https://")):
         return None
-    raise ConfigError(f"nexus.endpoint: expected an http(s):// URL or file:///dir, got {endpoint!r}")
+    raise ConfigError(f"nexus.endpoint: expected an http(s):// URL, file:///dir or {EMBEDDED!r}, got {endpoint!r}")

@@ -166,7 +166,23 @@ def upload_all(settings: Settings, *, dry_run: bool) -> cli.RunSummary:
             checkpoints.flush(document)
     summary.details["store"] = _store_description(settings)
     _finish(summary)
+    _warn_of_an_implicit_store(settings, summary)
     return summary
+
+
+def _warn_of_an_implicit_store(settings: Settings, summary: cli.RunSummary) -> None:
+    """A run that stored transcripts in an embedded store nobody asked for says so (cron mails
+    it): the endpoint may be missing by accident, and nothing reaches Nexus meanwhile."""
+    stored = summary.counts.get("uploaded", 0) + summary.counts.get("reuploaded", 0)
+    if settings.nexus.implicit_store and stored:
+        log.warning(
+            "no Nexus endpoint is configured: %d transcript(s) went to the embedded store at %s; set "
+            "NEXUS_ENDPOINT (or nexus.endpoint) and they are all sent to Nexus, or set nexus.endpoint to "
+            "%r to keep them local and silence this",
+            stored,
+            settings.store_root,
+            nexus_settings.EMBEDDED,
+        )
 
 
 def _standing(

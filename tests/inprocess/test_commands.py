@@ -129,3 +129,29 @@ def test_bsnexus_worker_without_an_identity_says_to_register(run_main: Runner) -
 def test_mqtt_job_worker_refuses_a_bad_broker_url(run_main: Runner) -> None:
     run_main.setenv(MQTT_URL="ftp://example.invalid", JOBS_ROOT=str(run_main.home))
     one_clean_line(run_main(mqtt_job_worker.main), 78, "MQTT_URL")
+
+
+def test_an_embedded_store_nobody_asked_for_is_named_on_every_run_that_stores_there(run_main: Runner) -> None:
+    root = run_main.home / "openclaw"
+    expected = build_realistic(root).expected_uploads
+    state_dir = run_main.home / "state"
+    run_main.setenv(OPENCLAW_STATE_DIR=str(root), NEXUS_STATE_DIR=str(state_dir))
+    first = run_main(session_upload.main)
+    assert first.returncode == 0
+    assert f"no Nexus endpoint is configured: {len(expected)} transcript(s) went to the embedded store" in first.stderr
+    assert "NEXUS_ENDPOINT" in first.stderr and len(first.stderr.splitlines()) == 1
+    assert run_main(session_upload.main).stderr == "", "a run that stores nothing stays quiet"
+    checked = run_main(nexus_jobs.main, "check-config")
+    assert any(line.startswith("warn") and "no endpoint is configured" in line for line in checked.stdout.splitlines())
+
+
+def test_the_embedded_store_asked_for_by_name_is_quiet(run_main: Runner) -> None:
+    root = run_main.home / "openclaw"
+    expected = build_realistic(root).expected_uploads
+    config = run_main.home / "config.json"
+    config.write_text(json.dumps({"nexus": {"endpoint": "embedded"}}))
+    run_main.setenv(OPENCLAW_STATE_DIR=str(root), NEXUS_STATE_DIR=str(run_main.home / "state"))
+    ran = run_main(session_upload.main, "--config", str(config))
+    assert (ran.returncode, ran.stderr) == (0, "")
+    inbox = run_main.home / "state" / "nexus-store" / "inbox" / "main"
+    assert {path.name for path in inbox.iterdir()} == set(expected)
