@@ -63,8 +63,7 @@ def test_killed_worker_task_is_claimed_by_another_after_visibility_timeout(
     assert results(client) == []
     wait_until(lambda: not bsnexus_backend.alive(victim_id), what="the registry to forget the killed worker")
     code = other.cli("run", "--max-tasks", "1", "--duration", "20").returncode
-    assert code == 0
-    time.sleep(0.3)
+    assert code == 0  # the run has ended: its result is in the stream or nowhere
     (published,) = results(client)
     assert published["task_id"] == "k-1" and published["success"] == "true"
     assert published["worker_id"] == survivor_id and published["delivery_count"] == "2"
