@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import signal
+import subprocess
 import sys
 from collections.abc import Iterator
 from datetime import datetime, timedelta, timezone
@@ -12,7 +14,7 @@ from typing import Any
 import filelock
 import pytest
 
-from tests.conftest import assert_clean_failure, free_port, run_cli
+from tests.conftest import assert_clean_failure, free_port, run_cli, script, wait_until
 from tests.nexus_webhooks_double import API_KEY, HOOKS_TOKEN, GatewayDouble, NexusWebhooksDouble
 
 
@@ -491,3 +493,25 @@ def test_check_config_warns_about_an_api_key_in_the_file_and_state_left_beside_i
     assert any("holds state of an earlier release; the next run moves it" in line for line in warnings)
     assert "in-the-file-key-123" not in result.stdout + result.stderr
     assert (old / "wh.json").exists(), "check-config moves nothing"
+
+
+@pytest.mark.slow
+def test_run_due_stopped_by_sigterm_stops_its_job_and_records_both_as_interrupted(install: Install) -> None:
+    started = install.root / "started"
+    command = ["sh", "-c", f"cat >/dev/null; touch {started}; sleep 30"]
+    install.write([webhook_job("pull", config={"delivery": ["command"], "command": command})], endpoint="embedded")
+    install.pending("slow-item")
+    process = subprocess.Popen(
+        [script("nexus-jobs"), "run-due", "--config", str(install.config), "--json"],
+        env=install.env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    wait_until(started.exists, what="the job's delivery command to start")
+    process.send_signal(signal.SIGTERM)
+    stdout, stderr = process.communicate(timeout=30)
+    assert process.returncode == 143, stderr
+    summary = json.loads(stdout)
+    assert (summary["type"], summary["outcome"], summary["exitCode"]) == ("run-due", "interrupted", 143)
+    assert install.record("pull")["lastOutcome"] == "interrupted", "the job heard the stop too"

@@ -129,7 +129,7 @@ def _on_sigterm(signum: int, frame: Any) -> None:
     raise Terminated()
 
 
-def _handle_signals() -> None:
+def handle_stop_signals() -> None:
     """From here on the run changes state: SIGTERM is handled like Ctrl-C, and past a file
     size limit (ulimit -f) a write fails with EFBIG, reported with its path, instead of the
     signal killing the process without a word. (Not earlier: importing ``signal`` costs a
@@ -189,7 +189,8 @@ def _signal_name(code: int) -> str:
 def _fail(args: argparse.Namespace, code: int, message: str) -> int:
     """The ``--json`` object of a run that ended before its job could print one."""
     if getattr(args, "json", False) and not _json_printed:
-        print_json(result_object(job=getattr(args, "job_id", None), job_type=None, exit_code=code, message=message))
+        job_type = getattr(args, "command", None)  # nexus-jobs names its subcommand
+        print_json(result_object(job=getattr(args, "job_id", None), job_type=job_type, exit_code=code, message=message))
     return code
 
 
@@ -256,7 +257,7 @@ def run_scheduled(
         return _skipped(job, args, *skip)
     if args.dry_run:
         return _summarise(job, work, started=state.now_utc(), args=args, dry_run=True).exit_code
-    _handle_signals()
+    handle_stop_signals()
     state.ensure_directory(state_dir)
     with contextlib.ExitStack() as held:
         try:

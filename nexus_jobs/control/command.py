@@ -81,6 +81,8 @@ def run_due(loaded: config.LoadedConfig, state_dir: Path, args: argparse.Namespa
     started = state.now_utc()
     results: list[dict[str, Any]] = []
     planned: list[str] = []
+    if not args.dry_run:
+        cli.handle_stop_signals()  # a stop reaches the running job, and is recorded (exit 143/130)
     for entry in config.scheduled_jobs(loaded):
         status = status_view.job_status(entry, state_dir)
         if not entry.enabled or not status["due"]:
@@ -138,10 +140,21 @@ def _run_job(
     try:
         # The job reads the environment and .env itself: no secret goes into its arguments.
         environment = {**os.environ, cli.TRIGGERED_AT_ENV: state.isoformat(triggered)}
-        return subprocess.run(argv, check=False, stdin=subprocess.DEVNULL, env=environment).returncode
+        job = subprocess.Popen(argv, stdin=subprocess.DEVNULL, env=environment)
     except OSError as error:
         cli.log.error("%s: cannot start %s: %s", entry.job_id, argv[0], error.strerror)
         return Exit.SOFTWARE
+    try:
+        return job.wait()
+    except cli.Terminated:
+        # systemd may stop only this process: the job gets the SIGTERM too, saves its work and
+        # records itself as interrupted; run-due waits for that, then reports 143.
+        job.terminate()
+        job.wait()
+        raise
+    except KeyboardInterrupt:
+        job.wait()  # Ctrl-C reached the job as well (the same process group)
+        raise
 
 
 def _script(name: str) -> str:
