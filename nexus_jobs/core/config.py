@@ -24,6 +24,7 @@ from .options import Option as Option
 from .options import coerce as coerce
 from .options import show as _show
 from .options import unknown_key as unknown_key
+from .state import read_regular_file
 
 log = logging.getLogger("nexus_jobs")
 
@@ -82,7 +83,7 @@ def discover_config_path(flag: str | None, environ: Mapping[str, str]) -> Path |
                 raise ConfigError(f"{path}: config file not found (named by {origin})")
             return path.absolute()
     home = Path(environ.get("HOME", str(Path.home())))
-    config_home = Path(environ.get("XDG_CONFIG_HOME") or home / ".config")
+    config_home = Path(_xdg_base(environ, "XDG_CONFIG_HOME") or home / ".config")
     for candidate in (
         Path("config.json"),
         config_home / "nexus-jobs" / "config.json",
@@ -102,7 +103,7 @@ def discover_env_file(flag: str | None, environ: Mapping[str, str], config_path:
     if config_path is not None:
         return config_path.parent / ".env"
     home = Path(environ.get("HOME", str(Path.home())))
-    return Path(environ.get("XDG_CONFIG_HOME") or home / ".config") / "nexus-jobs" / ".env"
+    return Path(_xdg_base(environ, "XDG_CONFIG_HOME") or home / ".config") / "nexus-jobs" / ".env"
 
 
 def load(
@@ -158,7 +159,7 @@ def _read_env_file(path: Path, *, named: bool) -> Mapping[str, str]:
     from dotenv.parser import parse_stream
 
     try:
-        text = path.read_text(encoding="utf-8")
+        text = read_regular_file(path).decode("utf-8")
         # python-dotenv only logs a warning for a line it cannot parse and drops the line;
         # a setting silently missing is a configuration error. The line itself is never
         # shown: it may hold a secret.
@@ -182,7 +183,7 @@ def validate_structure(loaded: LoadedConfig) -> list[str]:
         if key not in TOP_LEVEL_KEYS and not key.startswith("$"):
             problems.append(f"{loaded.where(key)}: {unknown_key(key, TOP_LEVEL_KEYS)}")
     for key in ("stateDir", "openclawStateDir", "metricsFile"):
-        if key in data and not isinstance(data[key], str):
+        if key in data and not _is_path_text(data[key]):
             problems.append(f"{loaded.where(key)}: expected a path string, got {_show(data[key])}")
     if "nexus" in data and not isinstance(data["nexus"], dict):
         problems.append(f"{loaded.where('nexus')}: expected an object, got {_show(data['nexus'])}")
@@ -198,7 +199,7 @@ def validate_structure(loaded: LoadedConfig) -> list[str]:
         for key, value in agent.items():
             if key not in AGENT_KEYS:
                 problems.append(f"{where}.{key}: {unknown_key(key, AGENT_KEYS)}")
-            elif not isinstance(value, str):
+            elif not _is_path_text(value):
                 problems.append(f"{where}.{key}: expected a path string, got {_show(value)}")
     jobs = data.get("jobs", [])
     if not isinstance(jobs, list):
@@ -406,7 +407,19 @@ def resolve_state_dir(*, flag: str | None, loaded: LoadedConfig, adopt_old_state
 def default_state_dir(loaded: LoadedConfig) -> Path:
     """``$XDG_STATE_HOME/nexus-jobs``, by default ``~/.local/state/nexus-jobs``."""
     home = Path(loaded.env.get("HOME", str(Path.home())))
-    return Path(loaded.env.get("XDG_STATE_HOME") or home / ".local" / "state") / "nexus-jobs"
+    return Path(_xdg_base(loaded.env, "XDG_STATE_HOME") or home / ".local" / "state") / "nexus-jobs"
+
+
+def _xdg_base(environ: Mapping[str, str], name: str) -> str:
+    """An XDG base directory variable, ignored unless absolute (as the XDG spec says): a
+    relative one would put files under whatever directory cron started the job in."""
+    value = environ.get(name, "")
+    return value if os.path.isabs(value) else ""
+
+
+def _is_path_text(value: Any) -> bool:
+    """A string that can name a file (no NUL byte: the system cannot take one)."""
+    return isinstance(value, str) and "\0" not in value
 
 
 def old_state_dir(loaded: LoadedConfig) -> Path | None:

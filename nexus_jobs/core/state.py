@@ -110,6 +110,24 @@ def _remove_stale_temp_files(state_dir: Path, job_id: str) -> None:
             leftover.unlink()
 
 
+class NotARegularFile(OSError):
+    """A FIFO, a device or a directory where a file was expected (reading a FIFO would wait
+    for a writer for ever, holding the job's lock)."""
+
+
+def read_regular_file(path: Path) -> bytes:
+    """The bytes of ``path``, which must be a regular file: opened without blocking, so a FIFO
+    in its place is refused at once. Raises ``FileNotFoundError``, :class:`NotARegularFile`
+    or another ``OSError``."""
+    import stat
+
+    descriptor = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    with os.fdopen(descriptor, "rb") as handle:
+        if not stat.S_ISREG(os.fstat(descriptor).st_mode):
+            raise NotARegularFile(0, "not a regular file")
+        return handle.read()
+
+
 def read_json(
     path: Path,
     *,
@@ -125,7 +143,7 @@ def read_json(
     starts from an empty state. A file from a newer version is an error: never clobber it.
     """
     try:
-        raw = path.read_bytes()
+        raw = read_regular_file(path)
     except FileNotFoundError:
         return None
     except OSError as error:
@@ -138,7 +156,8 @@ def read_json(
             raise ValueError(problem)
     except (ValueError, UnicodeDecodeError, RecursionError) as error:
         if repair:
-            aside = path.with_name(f"{path.name}.corrupt-{now_utc().strftime('%Y%m%dT%H%M%SZ')}")
+            # Milliseconds: two files moved aside within one second keep both.
+            aside = path.with_name(f"{path.name}.corrupt-{now_utc().strftime('%Y%m%dT%H%M%S.%fZ')}")
             try:
                 os.replace(path, aside)
             except OSError as move_error:

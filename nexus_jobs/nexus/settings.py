@@ -118,7 +118,9 @@ def resolve(loaded: config.LoadedConfig, flags: Mapping[str, Any]) -> NexusSetti
 def _form_problems(endpoint: str, api_key: str) -> list[str]:
     """What is wrong with the form of the endpoint and the key, before any request is made."""
     problems = []
-    if endpoint.startswith(("http://", "https://")):
+    if any(character.isspace() or not character.isprintable() for character in endpoint):
+        problems.append(f"nexus.endpoint: contains spaces or control characters: {endpoint!r}")
+    elif endpoint.startswith(("http://", "https://")):
         from urllib.parse import urlsplit
 
         try:

@@ -155,3 +155,25 @@ def test_the_embedded_store_asked_for_by_name_is_quiet(run_main: Runner) -> None
     assert (ran.returncode, ran.stderr) == (0, "")
     inbox = run_main.home / "state" / "nexus-store" / "inbox" / "main"
     assert {path.name for path in inbox.iterdir()} == set(expected)
+
+
+def test_a_fifo_where_a_state_file_or_the_env_file_belongs_is_refused_at_once(run_main: Runner) -> None:
+    import os
+
+    state_dir = run_main.home / "state"
+    state_dir.mkdir()
+    os.mkfifo(state_dir / "session-upload.json")
+    run_main.setenv(NEXUS_STATE_DIR=str(state_dir), NEXUS_ENDPOINT="embedded")
+    one_clean_line(run_main(session_upload.main, "--force"), 74, "session-upload.json", "not a regular file")
+    os.mkfifo(run_main.home / "fifo.env")
+    one_clean_line(run_main(webhook_pull.main, "--env-file", str(run_main.home / "fifo.env")), 78, "fifo.env")
+
+
+def test_a_relative_xdg_state_home_is_ignored_never_the_current_directory(run_main: Runner) -> None:
+    root = run_main.home / "openclaw"
+    build_realistic(root)
+    run_main.setenv(XDG_STATE_HOME="relative", OPENCLAW_STATE_DIR=str(root), NEXUS_ENDPOINT="embedded")
+    ran = run_main(session_upload.main, "--json")
+    assert ran.returncode == 0, ran.stderr
+    assert not (run_main.home / "relative").exists()
+    assert (run_main.home / ".local" / "state" / "nexus-jobs" / "nexus-store").is_dir()
