@@ -35,8 +35,13 @@ def prepare(case: dict[str, Any], root: Path, state_dir: Path) -> tuple[dict[str
     """Spoil a tree as the case says: (what must reach the store, live content, a writer to stop)."""
     spec = case["input"]
     setup = spec["setup"]
-    if setup in ("sessions_json", "file_name_not_utf8"):
+    if setup in ("sessions_json", "file_name_not_utf8", "jsonl_archive_truncated"):
         tree = build_realistic(root)
+        if setup == "jsonl_archive_truncated":
+            (archive,) = tree.sessions_dir.glob("*.zst")
+            archive.write_bytes(archive.read_bytes()[:-6])  # the end of the frame is missing
+            kept = archive.name.removesuffix(".zst")
+            return {name: body for name, body in tree.expected_uploads.items() if name != kept}, [], None
         if setup == "sessions_json":
             (tree.sessions_dir / "sessions.json").write_text(deep_json(spec["deep"]))
             return {name: body for name, body in tree.expected_uploads.items() if ".jsonl." in name}, [], None
@@ -64,6 +69,12 @@ def prepare(case: dict[str, Any], root: Path, state_dir: Path) -> tuple[dict[str
         for path in sqlite.sessions_dir.glob("*.zst"):
             path.write_bytes(b"\x28\xb5\x2f\xfdgarbage")
         _execute(sqlite, "UPDATE session_transcript_archives SET archive_blob = X'DEADBEEF'")
+        gone = (sqlite.writers["deleted"].session_id, sqlite.writers["table_only"].session_id)
+        expected = {name: body for name, body in expected.items() if not name.startswith(gone)}
+    elif setup == "archive_truncated":
+        for path in sqlite.sessions_dir.glob("*.zst"):
+            path.write_bytes(path.read_bytes()[:-6])
+        _execute(sqlite, "UPDATE session_transcript_archives SET archive_blob = substr(archive_blob, 1, 12)")
         gone = (sqlite.writers["deleted"].session_id, sqlite.writers["table_only"].session_id)
         expected = {name: body for name, body in expected.items() if not name.startswith(gone)}
     elif setup == "database_locked":
@@ -138,6 +149,8 @@ def test_bad_input(case: dict[str, Any], clean_env: dict[str, str], tmp_path: Pa
         return
     for name, body in expected.items():
         assert stored.get(name) == body, name
+    if check == "exactly_these":
+        assert set(stored) == set(expected), "what could not be read is not stored"
     if check == "complete_once_nothing_live":
         ids = event_ids(list(stored.values()))
         assert len(ids) == len(set(ids)), "nothing sent twice"

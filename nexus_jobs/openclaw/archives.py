@@ -12,7 +12,7 @@ import os
 from pathlib import Path
 
 from . import database as openclaw_db
-from .files import ZSTD_SUFFIX
+from .files import ZSTD_SUFFIX, decompress_zstd
 
 COLD_DIR_NAME = "cold"
 # Archives and cold files hold whole sessions: decompressed, at most this much.
@@ -70,23 +70,12 @@ def read_file(path: Path) -> bytes:
 
 
 def decompress(blob: bytes, *, what: str, limit: int = ARCHIVE_LIMIT_BYTES) -> bytes:
-    """A zstd frame, with or without a declared content size (node's zstd declares none for
-    archives). Raises ``ValueError`` when it does not decompress or exceeds ``limit``."""
-    import io
-
-    import zstandard  # imported here: only compressed content needs it
-
-    chunks, size = [], 0
+    """A zstd archive blob, whole. Raises ``ValueError`` when it does not decompress, is
+    truncated or exceeds ``limit``."""
     try:
-        with zstandard.ZstdDecompressor().stream_reader(io.BytesIO(blob)) as reader:
-            while size <= limit:
-                chunk = reader.read(min(1 << 20, limit + 1 - size))
-                if not chunk:
-                    break
-                chunks.append(chunk)
-                size += len(chunk)
-    except zstandard.ZstdError as error:
-        raise ValueError(f"{what} is not valid zstd ({error})") from None
-    if size > limit:
+        content = decompress_zstd(blob, limit=limit)
+    except ValueError as error:
+        raise ValueError(f"{what}: {error}") from None
+    if len(content) > limit:
         raise ValueError(f"{what} decompresses to more than {limit} bytes")
-    return b"".join(chunks)
+    return content

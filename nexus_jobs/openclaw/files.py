@@ -222,17 +222,37 @@ def read_bytes(transcript: Transcript, *, limit: int) -> bytes:
             if len(content) < limit and (more := handle.read(limit - len(content))):
                 content += more
             return content
-        import zstandard  # imported here: only .zst archives need it
+        # zstd rarely makes data larger: a compressed file over the limit is over it anyway.
+        return decompress_zstd(handle.read(limit + 1), limit=limit)[:limit]
 
-        try:
-            reader = zstandard.ZstdDecompressor().stream_reader(handle)
-            chunks, size = [], 0
-            while size < limit:
-                chunk = reader.read(limit - size)
-                if not chunk:
-                    break
-                chunks.append(chunk)
-                size += len(chunk)
-            return b"".join(chunks)
-        except zstandard.ZstdError as error:
-            raise ValueError(f"not a valid zstd archive ({error})") from None
+
+# A zstd block of at most 128 KiB can be stored in a handful of bytes: feeding the decoder
+# this much at a time bounds what one step can produce before the limit is checked.
+ZSTD_INPUT_STEP_BYTES = 1024
+
+
+def decompress_zstd(compressed: bytes, *, limit: int) -> bytes:
+    """Every frame of ``compressed``, whether or not a frame declares its size (node's zstd
+    does not for archives). Stops once more than ``limit`` bytes came out (the result is then
+    longer than ``limit``). Raises ``ValueError`` for what is not zstd and for a frame that
+    does not end: a truncated archive is never taken for a short transcript."""
+    import zstandard  # imported here: only compressed content needs it
+
+    chunks, size, position = [], 0, 0
+    decoder, frame_open = zstandard.ZstdDecompressor().decompressobj(), False
+    try:
+        while position < len(compressed) and size <= limit:
+            piece = compressed[position : position + ZSTD_INPUT_STEP_BYTES]
+            position += len(piece)
+            output = decoder.decompress(piece)
+            frame_open = True
+            chunks.append(output)
+            size += len(output)
+            if decoder.eof:  # a frame ended; what follows it is the next frame
+                position -= len(decoder.unused_data)
+                decoder, frame_open = zstandard.ZstdDecompressor().decompressobj(), False
+    except zstandard.ZstdError as error:
+        raise ValueError(f"not a valid zstd archive ({error})") from None
+    if frame_open and size <= limit:
+        raise ValueError("a truncated zstd archive: its last frame does not end")
+    return b"".join(chunks)
