@@ -16,11 +16,12 @@ from pathlib import Path
 from typing import Any
 
 from .. import __version__
-from ..core import secrets, state
+from ..core import secrets, state, stopping
 from ..core.config import JobEntry, Option
 from ..core.errors import JobError, LockHeld
 from ..core.exits import DISABLED, NOT_DUE, Exit, word_of
 from ..core.secrets import redact
+from ..core.stopping import Terminated
 from .progress import progress as progress
 from .summary import RunSummary, result_object
 
@@ -120,23 +121,14 @@ def add_options(parser: argparse.ArgumentParser, options: Iterable[Option], *, i
             parser.add_argument(option.flag, dest=option.dest, metavar=metavar, help=help_text)
 
 
-class Terminated(BaseException):
-    """SIGTERM arrived (systemd stop, ``timeout``): handled like Ctrl-C's KeyboardInterrupt,
-    so the work done is saved on the way out and the run is recorded as interrupted."""
-
-
-def _on_sigterm(signum: int, frame: Any) -> None:
-    raise Terminated()
-
-
 def handle_stop_signals() -> None:
-    """From here on the run changes state: SIGTERM is handled like Ctrl-C, and past a file
-    size limit (ulimit -f) a write fails with EFBIG, reported with its path, instead of the
-    signal killing the process without a word. (Not earlier: importing ``signal`` costs a
-    not-due run about half a millisecond.)"""
+    """From here on the run changes state: SIGTERM is handled like Ctrl-C (raised as
+    :class:`Terminated`), and past a file size limit (ulimit -f) a write fails with EFBIG,
+    reported with its path, instead of the signal killing the process without a word. (Not
+    earlier: importing ``signal`` costs a not-due run about half a millisecond.)"""
     import signal
 
-    signal.signal(signal.SIGTERM, _on_sigterm)
+    stopping.interrupt_on_sigterm()
     signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
 
 

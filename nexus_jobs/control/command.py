@@ -27,6 +27,7 @@ from ..cli.summary import result_object
 from ..core import config, state
 from ..core.config import JobEntry
 from ..core.exits import Exit, word_of, worst
+from ..core.stopping import Terminated
 from . import checks as jobs_checks
 from . import status as status_view
 from .status import FILE_KINDS
@@ -146,7 +147,7 @@ def _run_job(
         return Exit.SOFTWARE
     try:
         return job.wait()
-    except cli.Terminated:
+    except Terminated:
         # systemd may stop only this process: the job gets the SIGTERM too, saves its work and
         # records itself as interrupted; run-due waits for that, then reports 143.
         job.terminate()
