@@ -94,7 +94,7 @@ def make_jsonl_tree(sessions: Path, count: int) -> None:
         )
 
 
-def make_database(database: Path, count: int) -> None:
+def make_database(database: Path, count: int, *, events_per_session: int = EVENTS_PER_GENERATION) -> None:
     """``count`` sessions of one session key, all but the last replaced (so complete: each is
     one segment), with the tables and columns OpenClaw's agent database declares."""
     from tests.openclaw_tree import SQLITE_SCHEMA, create_database
@@ -109,7 +109,7 @@ def make_database(database: Path, count: int) -> None:
     )
     connection.executemany(
         "INSERT INTO transcript_events (session_id, seq, event_json, created_at) VALUES (?, ?, ?, 0)",
-        ((session_id, seq, _event(session_id, seq)) for session_id in ids for seq in range(EVENTS_PER_GENERATION)),
+        ((session_id, seq, _event(session_id, seq)) for session_id in ids for seq in range(events_per_session)),
     )
     connection.execute(
         "INSERT INTO session_nodes (session_key, current_session_id, entry_json, updated_at)"

@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from nexus_jobs.nexus.sessions import json_string
+from nexus_jobs.session_upload import archived
 from tests.conftest import assert_clean_failure, run_cli, script
 from tests.nexus_double import LIMIT_BYTES, ROUTE, NexusDouble
 from tests.openclaw_tree import STAMP, Tree, build_realistic, make_old, new_session_id, node_zstd, transcript
@@ -55,10 +56,20 @@ def snapshot(root: Path) -> dict[str, tuple[bytes, int, int]]:
 
 
 def markers(env: dict[str, str], job_id: str = "session-upload") -> dict[str, dict[str, dict[str, object]]]:
-    """The markers of the run's one destination, by agent."""
-    document = json.loads((Path(env["NEXUS_STATE_DIR"]) / f"{job_id}.markers.json").read_text())
-    (destination,) = document["destinations"].values()
-    agents: dict[str, dict[str, dict[str, object]]] = destination["agents"]
+    """The markers of the run's one destination, by agent: those of the markers document and
+    the uploaded archives' of the per-period files, as one object per agent."""
+    state_dir = Path(env["NEXUS_STATE_DIR"])
+    document = json.loads((state_dir / f"{job_id}.markers.json").read_text())
+    ((where, destination),) = document["destinations"].items()
+    agents: dict[str, dict[str, dict[str, object]]] = {
+        agent_id: dict(plain) for agent_id, plain in destination["agents"].items()
+    }
+    for agent_id, periods in destination.get("archived", {}).items():
+        shelf = archived.Shelf(state_dir, job_id, where, agent_id, dict(periods))
+        for name in sorted(shelf.done):
+            marker = shelf.get(name)
+            assert marker is not None
+            agents.setdefault(agent_id, {})[name] = marker
     return agents
 
 

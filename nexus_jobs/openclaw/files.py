@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import os
 import stat
-from collections.abc import Callable
+from collections.abc import Callable, Container
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import NamedTuple
@@ -65,8 +65,9 @@ class Scan:
     """What one sessions directory holds: complete transcripts, and why others wait."""
 
     complete: list[Transcript] = field(default_factory=list)
-    present: set[str] = field(default_factory=set)
+    present: set[str] = field(default_factory=set)  # when asked for; not the archives known done
     unchanged: int = 0
+    archived_seen: int = 0  # archives known done (not even stat-ed)
     live: int = 0
     locked: int = 0
     in_grace: int = 0
@@ -113,10 +114,14 @@ def scan(
     grace_seconds: float,
     now_ns: int,
     is_done: Callable[[str, int, int], bool] = lambda name, size, mtime_ns: False,
+    archived: Container[str] = frozenset(),
+    list_present: bool = False,
 ) -> Scan:
     """Classify the direct children of ``sessions_dir`` (raises ``OSError`` when it cannot
     be listed). Files for which ``is_done(name, size, mtime_ns)`` holds (uploaded already,
-    unchanged) are only counted.
+    unchanged) are only counted; so are archives in ``archived`` (done: an archive is never
+    written again), without a ``stat``. With ``list_present``, the names of the others are
+    collected in ``present``.
 
     Complete: every ``.reset.<TS>``/``.deleted.<TS>`` archive; a plain ``.jsonl`` whose
     session id (and file name) the index does not reference, with no ``.lock`` sibling, not
@@ -137,11 +142,16 @@ def scan(
                 continue
             if not rest:
                 if not entry.is_dir(follow_symlinks=False):
-                    result.present.add(name)
+                    if list_present:
+                        result.present.add(name)
                     plain.append((entry, name, stem.partition(TOPIC_SEPARATOR)[0]))
                 continue
             if rest == ".lock":
                 locks.add(stem + TRANSCRIPT_SUFFIX)
+                continue
+            if name in archived:
+                result.archived_seen += 1
+                result.unchanged += 1
                 continue
             reason, _, stamp = rest[1:].partition(".")
             if rest[0] != "." or reason not in ARCHIVE_REASONS or not stamp or stamp == ZSTD_SUFFIX[1:]:
@@ -149,7 +159,8 @@ def scan(
             info = entry.stat(follow_symlinks=False)
             if stat.S_ISDIR(info.st_mode):
                 continue
-            result.present.add(name)
+            if list_present:
+                result.present.add(name)
             if is_done(name, info.st_size, info.st_mtime_ns):
                 result.unchanged += 1
             else:

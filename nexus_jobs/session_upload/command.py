@@ -141,11 +141,12 @@ def upload_all(settings: Settings, *, dry_run: bool) -> cli.RunSummary:
         )
         or {}
     )
-    converting = "agents" in document
-    markers = upload_markers.of_destination(document, destination(settings))
-    checkpoints = state.Checkpointer(markers_path)
+    markers = upload_markers.of_destination(
+        document, destination(settings), state_dir=settings.state_dir, job_id=settings.job_id
+    )
+    checkpoints = upload_markers.Checkpointer(markers_path, markers)
     prune = not dry_run and _prune_due(document, destination(settings), settings.retention_seconds)
-    checkpoints.pending_changes += (converting or prune) and not dry_run
+    checkpoints.pending_changes += (markers.converting or prune) and not dry_run
     plan = _scan(settings, markers, summary=summary, prune=prune)
     checkpoints.pending_changes += plan.markers_changed and not dry_run
     entry = document["destinations"][destination(settings)]
@@ -170,7 +171,7 @@ def upload_all(settings: Settings, *, dry_run: bool) -> cli.RunSummary:
 
 
 def _standing(
-    entry: dict[str, Any], markers: dict[str, upload_markers.AgentMarkers], checkpoints: state.Checkpointer
+    entry: dict[str, Any], markers: upload_markers.DestinationMarkers, checkpoints: state.Checkpointer
 ) -> dict[str, int]:
     """How many markers say uploaded, rejected, conflict: counted again only when a marker
     changed in this run (counting 100,000 markers is a fifth of a nothing-new run)."""
@@ -210,12 +211,12 @@ def _prune_due(document: dict[str, Any], where: str, retention_seconds: float) -
 
 
 def _scan(
-    settings: Settings, markers: dict[str, upload_markers.AgentMarkers], *, summary: cli.RunSummary, prune: bool
+    settings: Settings, markers: upload_markers.DestinationMarkers, *, summary: cli.RunSummary, prune: bool
 ) -> upload.Plan:
     plan = upload.Plan()
     now_ns = time.time_ns()
     for agent in settings.agents:
-        agent_markers = markers.setdefault(agent.agent_id, {})
+        agent_markers = markers[agent.agent_id]
         found = transcripts.scan_agent(
             agent,
             agent_markers,

@@ -22,6 +22,7 @@ from ..openclaw import database as openclaw_db
 from ..openclaw import files as openclaw
 from ..openclaw.agents import Agent
 from . import quiet
+from .archived import AgentMarkers
 
 log = logging.getLogger("nexus_jobs")
 SESSION_RECORD_PREFIX = "session:"
@@ -95,7 +96,7 @@ class DatabasePart:
 
 def scan(
     agent: Agent,
-    agent_markers: dict[str, dict[str, Any]],
+    agent_markers: AgentMarkers,
     *,
     archives: list[openclaw.Transcript],
     grace_seconds: float,
@@ -174,7 +175,7 @@ class _Planner:
     def __init__(
         self,
         agent: Agent,
-        agent_markers: dict[str, dict[str, Any]],
+        agent_markers: AgentMarkers,
         *,
         database: Path,
         retry_rejected: bool,
@@ -195,7 +196,7 @@ class _Planner:
         if self._sent is None:
             self._sent = {}
             counted = ("uploaded",) if self.retry_rejected else SETTLED_STATUSES
-            for marker in self.markers.values():
+            for marker in self.markers.plain.values():  # a shelved archive's marker has no events
                 if marker.get("status") in counted and isinstance(marker.get("first"), str):
                     self._sent.setdefault(str(marker.get("session")), {})[marker["first"]] = str(marker.get("last"))
         return self._sent.setdefault(session_id, {})
@@ -376,7 +377,7 @@ def read_segment(segment: Segment) -> bytes:
     return b"".join(line + b"\n" for line in (lines[0], *body))
 
 
-def settle(settlements: list[Settlement], agent_markers: dict[str, dict[str, Any]]) -> bool:
+def settle(settlements: list[Settlement], agent_markers: AgentMarkers) -> bool:
     """Save the records whose segments all have an answer; True if anything was saved."""
     changed = False
     for settlement in settlements:

@@ -1,0 +1,186 @@
+"""Markers of uploaded archive files, kept apart from the markers document (``docs/openclaw.md``,
+"Markers"): an archive (``<file>.jsonl.reset.<TS>``, ``.deleted.<TS>[.zst]``) is final by
+OpenClaw's rules, never written again, so once uploaded its name alone says it is done. A
+sessions directory holds mostly archives (hundreds of thousands over a year), and a run with
+nothing new must cost about a bare directory walk: these markers are never ``stat``-checked and
+their full records are not even parsed.
+
+Per destination, agent and period (the month of the archive's time stamp), two files beside
+the markers document, both atomic JSON like every state file:
+
+- ``<job>.markers.<where>.<period>.done.json``: ``{"names": [...]}``, the done names, read by
+  every run;
+- ``<job>.markers.<where>.<period>.json``: ``{"records": {name: [size, mtimeNs, sha256, at,
+  response]}}``, read only when a marker of that period is looked at or changed.
+
+A checkpoint writes only the periods that changed, records before names, and the markers
+document last: a crash at any instant leaves each file old or new, and a name is never listed
+done without its record.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+from collections.abc import Iterator, MutableMapping
+from pathlib import Path
+from typing import Any
+
+from ..core import state
+from ..openclaw import files as openclaw
+
+RECORD_FIELDS = ("size", "mtimeNs", "sha256", "at", "response")
+OTHER_PERIOD = "other"
+
+
+def period_of(name: str) -> str | None:
+    """The month of an archive name's time stamp (``2026-06``), ``other`` for a stamp that
+    does not start with one, None when ``name`` is not an archive's."""
+    _, dot_jsonl, rest = name.partition(openclaw.TRANSCRIPT_SUFFIX)
+    if not dot_jsonl or rest[:1] != ".":
+        return None
+    reason, _, stamp = rest[1:].partition(".")
+    if reason not in openclaw.ARCHIVE_REASONS or not stamp or stamp == openclaw.ZSTD_SUFFIX[1:]:
+        return None
+    month = stamp[:7]
+    if len(month) == 7 and month[4] == "-" and month[:4].isdigit() and month[5:].isdigit():
+        return month
+    return OTHER_PERIOD
+
+
+def keeps(name: str, marker: dict[str, Any]) -> bool:
+    """Whether a marker belongs here: an uploaded archive file's, nothing else to say."""
+    return (
+        marker.get("status") == "uploaded"
+        and set(marker) <= {*RECORD_FIELDS, "status"}
+        and isinstance(marker.get("size"), int)
+        and isinstance(marker.get("mtimeNs"), int)
+        and period_of(name) is not None
+    )
+
+
+class Shelf:
+    """The archive markers of one agent for one destination."""
+
+    def __init__(self, state_dir: Path, job_id: str, destination: str, agent_id: str, periods: dict[str, int]) -> None:
+        where = hashlib.sha256(f"{destination}\n{agent_id}".encode()).hexdigest()[:16]
+        self.prefix = f"{job_id}.markers.{where}."
+        self.state_dir = state_dir
+        self.periods = periods  # period -> number of done names (kept in the markers document)
+        self.done: set[str] = set()
+        self.records: dict[str, dict[str, list[Any]]] = {}  # loaded periods only
+        self.dirty: set[str] = set()
+        for period in list(periods):
+            names = self._read(period, "done").get("names")
+            if isinstance(names, list):
+                self.done.update(name for name in names if isinstance(name, str))
+                periods[period] = len(names)
+            else:
+                del periods[period]
+
+    def _path(self, period: str, kind: str) -> Path:
+        return self.state_dir / f"{self.prefix}{period}{'.done' if kind == 'done' else ''}.json"
+
+    def _read(self, period: str, kind: str) -> dict[str, Any]:
+        # A lost or corrupt file only makes its transcripts due again (the server knows them).
+        return state.read_json(self._path(period, kind), repair=False) or {}
+
+    def _period_records(self, period: str) -> dict[str, list[Any]]:
+        if period not in self.records:
+            records = self._read(period, "records").get("records")
+            self.records[period] = records if isinstance(records, dict) else {}
+        return self.records[period]
+
+    def get(self, name: str) -> dict[str, Any] | None:
+        if name not in self.done:
+            return None
+        period = period_of(name)
+        record = self._period_records(period or OTHER_PERIOD).get(name)
+        marker: dict[str, Any] = {"status": "uploaded"}
+        if isinstance(record, list):
+            marker.update((key, value) for key, value in zip(RECORD_FIELDS, record, strict=False) if value is not None)
+        return marker
+
+    def put(self, name: str, marker: dict[str, Any]) -> None:
+        period = period_of(name) or OTHER_PERIOD
+        self._period_records(period)[name] = [marker.get(key) for key in RECORD_FIELDS]
+        self.done.add(name)
+        self.dirty.add(period)
+
+    def discard(self, name: str) -> bool:
+        if name not in self.done:
+            return False
+        period = period_of(name) or OTHER_PERIOD
+        self._period_records(period).pop(name, None)
+        self.done.discard(name)
+        self.dirty.add(period)
+        return True
+
+    def save(self) -> None:
+        """Write the periods that changed (records, then names), then drop loaded records: a
+        run uploading 200,000 archives holds at most a checkpoint's worth of them."""
+        for period in sorted(self.dirty):
+            records = self._period_records(period)
+            if records:
+                state.write_json_atomic(self._path(period, "records"), {"records": records}, compact=True)
+                state.write_json_atomic(self._path(period, "done"), {"names": list(records)}, compact=True)
+                self.periods[period] = len(records)
+            else:
+                for kind in ("done", "records"):  # names first: never a name without its record
+                    with contextlib.suppress(FileNotFoundError):
+                        os.unlink(self._path(period, kind))
+                self.periods.pop(period, None)
+        self.dirty.clear()
+        self.records.clear()
+
+
+class AgentMarkers(MutableMapping[str, dict[str, Any]]):
+    """An agent's markers: those of the markers document (``plain``), and uploaded archives'
+    on a :class:`Shelf`. Looking a marker up by name never reads more than its period."""
+
+    def __init__(self, plain: dict[str, dict[str, Any]], shelf: Shelf) -> None:
+        self.plain = plain
+        self.shelf = shelf
+        # The shelf is saved before the document: after a crash between the two, its word is newer.
+        for name in [name for name in plain if name in shelf.done]:
+            del plain[name]
+
+    def __getitem__(self, name: str) -> dict[str, Any]:
+        marker = self.plain.get(name)
+        if marker is None:
+            marker = self.shelf.get(name)
+            if marker is None:
+                raise KeyError(name)
+        return marker
+
+    def __setitem__(self, name: str, marker: dict[str, Any]) -> None:
+        if keeps(name, marker):
+            self.plain.pop(name, None)
+            self.shelf.put(name, marker)
+        else:
+            self.shelf.discard(name)
+            self.plain[name] = marker
+
+    def __delitem__(self, name: str) -> None:
+        found = self.plain.pop(name, None) is not None
+        if not self.shelf.discard(name) and not found:
+            raise KeyError(name)
+
+    def __contains__(self, name: object) -> bool:
+        return name in self.plain or name in self.shelf.done
+
+    def __iter__(self) -> Iterator[str]:
+        yield from self.plain
+        yield from (name for name in list(self.shelf.done) if name not in self.plain)
+
+    def __len__(self) -> int:
+        return len(self.plain) + len(self.shelf.done)
+
+    def adopt(self) -> int:
+        """Move the document's markers that belong on the shelf there (a layout before the
+        shelf is converted once); how many moved."""
+        moved = [name for name, marker in self.plain.items() if keeps(name, marker)]
+        for name in moved:
+            self.shelf.put(name, self.plain.pop(name))
+        return len(moved)
