@@ -313,6 +313,33 @@ def test_corrupt_state_file_is_moved_aside_and_the_run_goes_on(
     assert len(markers(env)["main"]) == len(tree.expected_uploads)
 
 
+@pytest.mark.parametrize("layout", ["agents", "destinations"])
+def test_markers_of_the_single_document_layout_are_converted_once_and_nothing_is_sent_again(
+    tree: Tree, env: dict[str, str], nexus: NexusDouble, layout: str
+) -> None:
+    environment = http_env(env, nexus)
+    assert run_cli(COMMAND, env=environment).returncode == 0
+    state_dir = Path(env["NEXUS_STATE_DIR"])
+    before = markers(env)
+    where = next(iter(json.loads((state_dir / "session-upload.markers.json").read_text())["destinations"]))
+    for path in state_dir.glob("session-upload.markers.*"):
+        path.unlink()
+    # As a release before per-period files wrote it: every marker in one document.
+    document = {"agents": before} if layout == "agents" else {"destinations": {where: {"agents": before}}}
+    (state_dir / "session-upload.markers.json").write_text(json.dumps({"version": 1, **document}))
+    posts = len(nexus.posts())
+    for _ in range(2):
+        result = run_cli(COMMAND, env=environment)
+        assert result.returncode == 0, result.stderr
+        assert len(nexus.posts()) == posts, "nothing is sent again"
+    assert markers(env) == before
+    converted = json.loads((state_dir / "session-upload.markers.json").read_text())["destinations"][where]
+    shelved = [name for name in before["main"] if archived.keeps(name, before["main"][name])]
+    assert shelved and not set(shelved) & set(converted["agents"]["main"])
+    assert sum(converted["archived"]["main"].values()) == len(shelved)
+    assert list(state_dir.glob("session-upload.markers.*.done.json"))
+
+
 def test_newer_state_version_is_refused_not_clobbered(tree: Tree, env: dict[str, str]) -> None:
     state_dir = Path(env["NEXUS_STATE_DIR"])
     state_dir.mkdir()
@@ -366,7 +393,8 @@ def test_sigkill_at_random_moments_never_tears_state_and_loses_nothing(
     expected = {}
     rng = random.Random(7)
     for number in range(120):
-        name = f"{new_session_id(rng)}.jsonl.reset.{STAMP}"
+        month = 4 + number % 3  # archives of three months: markers in three files per kind
+        name = f"{new_session_id(rng)}.jsonl.reset.{STAMP.replace('-06-', f'-{month:02d}-')}"
         expected[name] = transcript(name[:36], messages=2 + number % 5, rng=rng)
         (sessions / name).write_bytes(expected[name])
     nexus.delay_seconds = 0.004
@@ -384,6 +412,10 @@ def test_sigkill_at_random_moments_never_tears_state_and_loses_nothing(
         process.wait()
         for path in state_dir.glob("*.json"):
             json.loads(path.read_text())  # never torn
+        if (state_dir / "session-upload.markers.json").exists():
+            uploaded = {name for name, marker in markers(env).get("bulk", {}).items() if marker["status"] == "uploaded"}
+            stored = {name for agent, name in nexus.stored if agent == "bulk"}
+            assert uploaded <= stored, "never a marker of what the server does not have"
     final = run_cli(COMMAND, "--agent", "bulk", env=environment)
     assert final.returncode == 0, final.stderr
     assert {name: content for (agent, name), content in nexus.stored.items() if agent == "bulk"} == expected
