@@ -195,9 +195,15 @@ def test_413_and_400_mark_rejected_without_retrying_every_run(
     assert len(nexus.posts()) == 1, "a rejected file is not retried every run"
     status = json.loads((Path(env["NEXUS_STATE_DIR"]) / "session-upload.json").read_text())
     assert status["standing"]["rejected"] == 1
+    listed = run_cli("nexus-jobs", "status", "--job", "session-upload", "--files", "rejected", env=environment)
+    assert listed.returncode == 0, listed.stderr
+    assert f"rejected: solo/{name}: " in listed.stdout and f"({fault})" in listed.stdout
+    assert "1 file(s)" in listed.stdout
     retried = run_cli(COMMAND, "--agent", "solo", "--retry-rejected", env=environment)
     assert retried.returncode == 0 and len(nexus.posts()) == 2
     assert markers(env)["solo"][name]["status"] == "uploaded"
+    cleared = run_cli("nexus-jobs", "status", "--job", "session-upload", "--files", "all", env=environment)
+    assert "no rejected or conflicting files" in cleared.stdout
 
 
 def test_409_without_or_with_matching_sha256_marks_uploaded(
@@ -223,6 +229,8 @@ def test_409_with_a_different_sha256_is_a_conflict_not_marked_uploaded(
     assert_clean_failure(result, 1)
     assert f"main/{name}: conflict: the server holds different content" in result.stderr
     assert markers(env)["main"][name]["status"] == "conflict"
+    listed = run_cli("nexus-jobs", "status", "--job", "session-upload", "--files", "conflicts", env=env)
+    assert f"conflicts: main/{name}: " in listed.stdout and "different content" in listed.stdout
 
 
 def test_transient_failures_are_retried_within_the_run(tree: Tree, env: dict[str, str], nexus: NexusDouble) -> None:

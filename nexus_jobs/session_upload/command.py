@@ -164,6 +164,7 @@ def upload_all(settings: Settings, *, dry_run: bool) -> cli.RunSummary:
             )
         finally:
             summary.standing = _standing(entry, markers, checkpoints)
+            summary.files = upload_markers.needing_the_operator(markers)
             checkpoints.flush(document)
     summary.details["store"] = _store_description(settings)
     _finish(summary)

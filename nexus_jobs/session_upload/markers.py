@@ -213,5 +213,18 @@ def standing(markers: dict[str, AgentMarkers]) -> dict[str, int]:
     return {"uploaded": standing["uploaded"], "rejected": standing["rejected"], "conflicts": standing["conflict"]}
 
 
+def needing_the_operator(markers: dict[str, AgentMarkers]) -> dict[str, list[dict[str, str]]]:
+    """The rejected and conflicting files and segments, with the reason of each (the run
+    record's ``files``, listed by ``nexus-jobs status --files``): only the document holds
+    them, never a shelf."""
+    files: dict[str, list[dict[str, str]]] = {"rejected": [], "conflicts": []}
+    for agent_id, agent_markers in sorted(markers.items()):
+        for name, marker in sorted(agent_markers.plain.items()):
+            kind = {"rejected": "rejected", "conflict": "conflicts"}.get(str(marker.get("status")))
+            if kind is not None and "goneSince" not in marker:
+                files[kind].append({"name": f"{agent_id}/{name}", "reason": str(marker.get("response", ""))})
+    return files
+
+
 def _now() -> str:
     return state.isoformat(state.now_utc())
