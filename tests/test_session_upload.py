@@ -206,6 +206,19 @@ def test_413_and_400_mark_rejected_without_retrying_every_run(
     assert "no rejected or conflicting files" in cleared.stdout
 
 
+def test_an_endpoint_answering_404_is_a_wrong_path_exit_78_with_the_url(
+    tree: Tree, env: dict[str, str], nexus: NexusDouble
+) -> None:
+    environment = http_env(env, nexus, NEXUS_ENDPOINT=nexus.url + "/wrong")
+    result = run_cli(COMMAND, env=environment)
+    assert_clean_failure(result, 78)
+    assert f"Nexus at {nexus.url}/wrong/sessions answered 404 while uploading transcripts" in result.stderr
+    assert "the part before /sessions" in result.stderr and "unexpected answer" not in result.stderr
+    assert not list(Path(env["NEXUS_STATE_DIR"]).glob("session-upload.markers.*.done.json")), "no marker"
+    assert run_cli(COMMAND, env=http_env(env, nexus)).returncode == 0, "nothing lost: all sent once it is right"
+    assert {name for agent, name in nexus.stored if agent == "main"} == set(tree.expected_uploads)
+
+
 def test_409_without_or_with_matching_sha256_marks_uploaded(
     tree: Tree, env: dict[str, str], nexus: NexusDouble
 ) -> None:
