@@ -219,6 +219,32 @@ def test_an_endpoint_answering_404_is_a_wrong_path_exit_78_with_the_url(
     assert {name for agent, name in nexus.stored if agent == "main"} == set(tree.expected_uploads)
 
 
+def test_file_flag_forgets_one_marker_and_sends_only_that_file_again(
+    tree: Tree, env: dict[str, str], nexus: NexusDouble
+) -> None:
+    environment = http_env(env, nexus)
+    assert run_cli(COMMAND, env=environment).returncode == 0
+    posts = len(nexus.posts())
+    name = sorted(name for name in tree.expected_uploads if ".reset." in name)[0]
+    late = f"{new_session_id()}.jsonl.deleted.{STAMP}"
+    (tree.sessions_dir / late).write_bytes(transcript("late"))
+    result = run_cli(COMMAND, "--agent", "main", "--file", name, env=environment)
+    assert result.returncode == 0, result.stderr
+    sent = [request.body["fileName"] for request in nexus.posts()[posts:] if request.body]
+    assert sent == [name], "only that file, and the new one waits for the next run"
+    assert markers(env)["main"][name]["status"] == "uploaded"
+    assert late not in markers(env)["main"]
+    for argv, words in (
+        (["--file", name], "needs one --agent"),
+        (["--agent", "main", "--file", "../x"], "needs one --agent"),
+        (["--agent", "main", "--file", "nope.jsonl"], "no such file"),
+    ):
+        refused = run_cli(COMMAND, *argv, env=environment)
+        assert_clean_failure(refused, 2)
+        assert words in refused.stderr
+    assert len(nexus.posts()) == posts + 1
+
+
 def test_409_without_or_with_matching_sha256_marks_uploaded(
     tree: Tree, env: dict[str, str], nexus: NexusDouble
 ) -> None:

@@ -78,6 +78,9 @@ def build_parser() -> argparse.ArgumentParser:
     cli.add_options(parser, (*nexus_settings.OPTIONS, *OPTIONS))
     parser.add_argument("--agent", action="append", metavar="ID", help="only this agent (repeatable)")
     parser.add_argument("--retry-rejected", action="store_true", help="try rejected and conflicting files again")
+    parser.add_argument(
+        "--file", metavar="NAME", help="send this one file of the --agent again (its marker is forgotten), if complete"
+    )
     return parser
 
 
@@ -109,6 +112,8 @@ def load_settings(loaded: config.LoadedConfig, job: config.JobEntry, args: argpa
                 f"unknown agent {', '.join(map(repr, unknown))} (known: {', '.join(known) or 'none found'})"
             )
         agents = [known[agent_id] for agent_id in dict.fromkeys(wanted)]
+    if args.file is not None and (len(args.agent or []) != 1 or not args.file or "/" in args.file):
+        raise UsageError("--file NAME needs one --agent ID, and NAME a file name of its sessions directory")
     endpoint = nexus.endpoint
     return Settings(
         job_id=job.job_id,
@@ -123,6 +128,7 @@ def load_settings(loaded: config.LoadedConfig, job: config.JobEntry, args: argpa
         retry_rejected=args.retry_rejected,
         store_root=nexus.store_root(state_dir),
         show_progress=not (args.json or args.debug),
+        only_file=args.file,
     )
 
 
@@ -147,7 +153,13 @@ def upload_all(settings: Settings, *, dry_run: bool) -> cli.RunSummary:
     checkpoints = upload_markers.Checkpointer(markers_path, markers)
     prune = not dry_run and _prune_due(document, destination(settings), settings.retention_seconds)
     checkpoints.pending_changes += (markers.converting or prune) and not dry_run
+    if settings.only_file is not None:
+        checkpoints.pending_changes += _forget(settings, markers) and not dry_run
     plan = _scan(settings, markers, summary=summary, prune=prune)
+    if settings.only_file is not None:
+        plan.items = [item for item in plan.items if item.name == settings.only_file]
+        if not plan.items:
+            log.warning("%s/%s is not complete yet; not sent", settings.agents[0].agent_id, settings.only_file)
     checkpoints.pending_changes += plan.markers_changed and not dry_run
     entry = document["destinations"][destination(settings)]
     if dry_run:
@@ -232,6 +244,20 @@ def _scan(
         plan.settlements.extend((agent.agent_id, settlement) for settlement in found.settlements)
         plan.markers_changed |= found.markers_changed
     return plan
+
+
+def _forget(settings: Settings, markers: upload_markers.DestinationMarkers) -> bool:
+    """Forget the marker of ``--file`` (so it is sent again); a name that is neither marked nor
+    in the sessions directory is a usage error. True if a marker was forgotten."""
+    agent, name = settings.agents[0], settings.only_file
+    assert name is not None
+    agent_markers = markers[agent.agent_id]
+    if name in agent_markers:
+        del agent_markers[name]
+        return True
+    if not (agent.sessions_dir / name).exists():
+        raise UsageError(f"--file {name}: no such file in {agent.sessions_dir}, and no marker of it")
+    return False
 
 
 def _store_description(settings: Settings) -> str:
