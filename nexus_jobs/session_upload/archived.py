@@ -68,16 +68,32 @@ class Shelf:
         self.prefix = f"{job_id}.markers.{where}."
         self.state_dir = state_dir
         self.periods = periods  # period -> number of done names (kept in the markers document)
-        self.done: set[str] = set()
+        self._done: set[str] | None = None  # read on first use, dropped by release()
         self.records: dict[str, dict[str, list[Any]]] = {}  # loaded periods only
         self.dirty: set[str] = set()
-        for period in list(periods):
-            names = self._read(period, "done").get("names")
-            if isinstance(names, list):
-                self.done.update(name for name in names if isinstance(name, str))
-                periods[period] = len(names)
-            else:
-                del periods[period]
+
+    @property
+    def done(self) -> set[str]:
+        """The done names (of every period)."""
+        if self._done is None:
+            self._done = set()
+            for period in list(self.periods):
+                names = self._read(period, "done").get("names")
+                if isinstance(names, list):
+                    self._done.update(name for name in names if isinstance(name, str))
+                    self.periods[period] = len(names)
+                else:
+                    del self.periods[period]
+        return self._done
+
+    def count(self) -> int:
+        return len(self._done) if self._done is not None else sum(self.periods.values())
+
+    def release(self) -> None:
+        """Drop the done names while nothing of them is unsaved (read again when needed): a
+        run goes through its agents one at a time, and 100,000 names are some 15 MB."""
+        if not self.dirty:
+            self._done = None
 
     def _path(self, period: str, kind: str) -> Path:
         return self.state_dir / f"{self.prefix}{period}{'.done' if kind == 'done' else ''}.json"
@@ -175,7 +191,7 @@ class AgentMarkers(MutableMapping[str, dict[str, Any]]):
         yield from (name for name in list(self.shelf.done) if name not in self.plain)
 
     def __len__(self) -> int:
-        return len(self.plain) + len(self.shelf.done)
+        return len(self.plain) + self.shelf.count()
 
     def adopt(self) -> int:
         """Move the document's markers that belong on the shelf there (a layout before the

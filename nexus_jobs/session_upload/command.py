@@ -240,6 +240,7 @@ def _scan(
             summary=summary,
             prune=prune,
         )
+        agent_markers.shelf.release()
         plan.items.extend(found.items)
         plan.settlements.extend((agent.agent_id, settlement) for settlement in found.settlements)
         plan.markers_changed |= found.markers_changed

@@ -206,7 +206,7 @@ def describe_change(marker: dict[str, Any], item: Item) -> str:
 def standing(markers: dict[str, AgentMarkers]) -> dict[str, int]:
     standing = {"uploaded": 0, "rejected": 0, "conflict": 0}
     for agent_markers in markers.values():
-        standing["uploaded"] += len(agent_markers.shelf.done)
+        standing["uploaded"] += agent_markers.shelf.count()
         for marker in agent_markers.plain.values():
             if marker.get("status") in standing and "goneSince" not in marker:
                 standing[marker["status"]] += 1
