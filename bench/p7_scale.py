@@ -82,8 +82,12 @@ def command_of(before: Path | None) -> tuple[list[str], dict[str, str]]:
     """How to start nexus-session-upload: this checkout's, or the ``before`` tree's."""
     if before is None:
         return [str(BIN / "nexus-session-upload")], {}
-    launch = "import sys; from nexus_jobs.session_upload.command import main; sys.exit(main())"
-    return [sys.executable, "-c", launch], {"PYTHONPATH": str(before.resolve())}
+    # -P: not this checkout from the current directory; nor through its editable install.
+    launch = (
+        "import sys; sys.meta_path[:] = [f for f in sys.meta_path if 'editable' not in str(f.__module__)]\n"
+        "from nexus_jobs.session_upload.command import main; sys.exit(main())"
+    )
+    return [sys.executable, "-P", "-c", launch], {"PYTHONPATH": str(before.resolve())}
 
 
 def run_measured(command: list[str], env: dict[str, str] | None = None) -> tuple[float, float]:
