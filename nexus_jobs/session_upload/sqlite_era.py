@@ -118,7 +118,7 @@ def scan(
         part.found, part.sessions = True, None
         return part
     try:
-        found = openclaw_db.scan(database)
+        found = openclaw_db.scan(database, _settled(agent_markers, retry_rejected=retry_rejected))
     except openclaw_db.DatabaseBusy as error:
         log.warning("%s: %s; its database is skipped until the next run", where, error)
         summary.details.setdefault("databasesBusy", []).append(agent.agent_id)
@@ -158,6 +158,20 @@ def scan(
     part.archive_names = listed | {row.name for row in found.archives}
     part.sessions = {session.session_id for session in found.sessions} | {row.session_id for row in found.archives}
     return part
+
+
+def _settled(agent_markers: AgentMarkers, *, retry_rejected: bool) -> openclaw_db.Settled:
+    """The sessions whose records say all their events were dealt with (see _Planner.session):
+    the database does not read their events' times again while they are unchanged."""
+    if retry_rejected:
+        return {}
+    settled: openclaw_db.Settled = {}
+    for key, record in agent_markers.plain.items():
+        if key.startswith(SESSION_RECORD_PREFIX) and record.get("settled"):
+            rows, last_seq = record.get("rows"), record.get("lastSeq")
+            if isinstance(rows, int) and isinstance(last_seq, int):
+                settled[key[len(SESSION_RECORD_PREFIX) :]] = (rows, last_seq)
+    return settled
 
 
 def _last_complete(session: openclaw_db.SessionRow, *, now_ms: int, grace_ms: float) -> bool:
