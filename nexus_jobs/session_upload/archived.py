@@ -69,8 +69,10 @@ class Shelf:
         self.state_dir = state_dir
         self.periods = periods  # period -> number of done names (kept in the markers document)
         self._done: set[str] | None = None  # read on first use, dropped by release()
-        self.records: dict[str, dict[str, list[Any]]] = {}  # loaded periods only
-        self.dirty: set[str] = set()
+        self.records: dict[str, dict[str, list[Any]]] = {}  # periods read for a lookup
+        # Records put (or None: taken off) since the last save, by period: a save merges them
+        # into their period's file, so a run adding 200,000 never holds what is saved.
+        self.changes: dict[str, dict[str, list[Any] | None]] = {}
 
     @property
     def done(self) -> set[str]:
@@ -92,7 +94,7 @@ class Shelf:
     def release(self) -> None:
         """Drop the done names while nothing of them is unsaved (read again when needed): a
         run goes through its agents one at a time, and 100,000 names are some 15 MB."""
-        if not self.dirty:
+        if not self.changes:
             self._done = None
 
     def _path(self, period: str, kind: str) -> Path:
@@ -111,8 +113,8 @@ class Shelf:
     def get(self, name: str) -> dict[str, Any] | None:
         if name not in self.done:
             return None
-        period = period_of(name)
-        record = self._period_records(period or OTHER_PERIOD).get(name)
+        period = period_of(name) or OTHER_PERIOD
+        record = self.changes.get(period, {}).get(name) or self._period_records(period).get(name)
         marker: dict[str, Any] = {"status": "uploaded"}
         if isinstance(record, list):
             marker.update((key, value) for key, value in zip(RECORD_FIELDS, record, strict=False) if value is not None)
@@ -120,24 +122,27 @@ class Shelf:
 
     def put(self, name: str, marker: dict[str, Any]) -> None:
         period = period_of(name) or OTHER_PERIOD
-        self._period_records(period)[name] = [marker.get(key) for key in RECORD_FIELDS]
+        self.changes.setdefault(period, {})[name] = [marker.get(key) for key in RECORD_FIELDS]
         self.done.add(name)
-        self.dirty.add(period)
 
     def discard(self, name: str) -> bool:
         if name not in self.done:
             return False
-        period = period_of(name) or OTHER_PERIOD
-        self._period_records(period).pop(name, None)
+        self.changes.setdefault(period_of(name) or OTHER_PERIOD, {})[name] = None
         self.done.discard(name)
-        self.dirty.add(period)
         return True
 
     def save(self) -> None:
-        """Write the periods that changed (records, then names), then drop loaded records: a
-        run uploading 200,000 archives holds at most a checkpoint's worth of them."""
-        for period in sorted(self.dirty):
+        """Write the periods that changed (records, then names), one at a time, then drop
+        what was read: a run uploading 200,000 archives holds a checkpoint's worth of them."""
+        for period in sorted(self.changes):
             records = self._period_records(period)
+            self.records.pop(period)
+            for name, record in self.changes[period].items():
+                if record is None:
+                    records.pop(name, None)
+                else:
+                    records[name] = record
             if records:
                 state.write_json_atomic(self._path(period, "records"), {"records": records}, compact=True)
                 state.write_json_atomic(self._path(period, "done"), {"names": list(records)}, compact=True)
@@ -147,7 +152,8 @@ class Shelf:
                     with contextlib.suppress(FileNotFoundError):
                         os.unlink(self._path(period, kind))
                 self.periods.pop(period, None)
-        self.dirty.clear()
+            del records
+        self.changes.clear()
         self.records.clear()
 
 
