@@ -19,6 +19,7 @@ from ..core import config, state
 from ..core.errors import UsageError
 from ..core.exits import Exit
 from ..nexus import settings as nexus_settings
+from ..openclaw.agents import Agent
 from ..openclaw.agents import resolve_agents as agents_of
 from . import markers as upload_markers
 from . import transcripts, upload
@@ -155,26 +156,26 @@ def upload_all(settings: Settings, *, dry_run: bool) -> cli.RunSummary:
     checkpoints.pending_changes += (markers.converting or prune) and not dry_run
     if settings.only_file is not None:
         checkpoints.pending_changes += _forget(settings, markers) and not dry_run
-    plan = _scan(settings, markers, summary=summary, prune=prune)
-    if settings.only_file is not None:
-        plan.items = [item for item in plan.items if item.name == settings.only_file]
-        if not plan.items:
-            log.warning("%s/%s is not complete yet; not sent", settings.agents[0].agent_id, settings.only_file)
-    checkpoints.pending_changes += plan.markers_changed and not dry_run
     entry = document["destinations"][destination(settings)]
     if dry_run:
-        for item in plan.items:
-            marker = markers[item.agent_id].get(item.name)
-            why = "changed since upload" if marker else item.origin
-            summary.would(f"would upload {item.agent_id}/{item.name} ({item.extent}, {why})")
-        summary.counts["wouldUpload"] = len(plan.items)
-        summary.standing = upload_markers.standing(markers)
-    else:
-        try:
+        summary.counts["wouldUpload"] = 0
+    try:
+        # One agent at a time: a run holds one agent's list of what is due, not every agent's.
+        for agent in settings.agents:
+            plan = _scan(settings, markers, agent, summary=summary, prune=prune)
+            checkpoints.pending_changes += plan.markers_changed and not dry_run
+            if dry_run:
+                _list(plan, markers, summary)
+                continue
             upload.send_all(
                 plan, settings=settings, summary=summary, markers=markers, document=document, checkpoints=checkpoints
             )
-        finally:
+            if summary.exit_code == Exit.UNAVAILABLE:
+                break  # the backend keeps failing: the other agents' transcripts wait for the next run
+    finally:
+        if dry_run:
+            summary.standing = upload_markers.standing(markers)
+        else:
             summary.standing = _standing(entry, markers, checkpoints)
             summary.files = upload_markers.needing_the_operator(markers)
             checkpoints.flush(document)
@@ -220,31 +221,48 @@ def _prune_due(document: dict[str, Any], where: str, retention_seconds: float) -
     if isinstance(last, (int, float)) and 0 <= now - last < min(PRUNE_INTERVAL_SECONDS, retention_seconds / 10):
         return False
     entry["prunedAt"] = now
-    return True
+    # A first run has nothing to forget (and need not hold every name it finds to see that).
+    return bool(entry["agents"] or entry["archived"])
 
 
 def _scan(
-    settings: Settings, markers: upload_markers.DestinationMarkers, *, summary: cli.RunSummary, prune: bool
+    settings: Settings,
+    markers: upload_markers.DestinationMarkers,
+    agent: Agent,
+    *,
+    summary: cli.RunSummary,
+    prune: bool,
 ) -> upload.Plan:
     plan = upload.Plan()
-    now_ns = time.time_ns()
-    for agent in settings.agents:
-        agent_markers = markers[agent.agent_id]
-        found = transcripts.scan_agent(
-            agent,
-            agent_markers,
-            grace_seconds=settings.grace_seconds,
-            now_ns=now_ns,
-            retry_rejected=settings.retry_rejected,
-            retention_seconds=settings.retention_seconds,
-            summary=summary,
-            prune=prune,
-        )
-        agent_markers.shelf.release()
-        plan.items.extend(found.items)
-        plan.settlements.extend((agent.agent_id, settlement) for settlement in found.settlements)
-        plan.markers_changed |= found.markers_changed
+    agent_markers = markers[agent.agent_id]
+    found = transcripts.scan_agent(
+        agent,
+        agent_markers,
+        grace_seconds=settings.grace_seconds,
+        now_ns=time.time_ns(),
+        retry_rejected=settings.retry_rejected,
+        retention_seconds=settings.retention_seconds,
+        summary=summary,
+        prune=prune,
+    )
+    agent_markers.shelf.release()
+    plan.items = found.items
+    if settings.only_file is not None:
+        plan.items = [item for item in plan.items if item.name == settings.only_file]
+        if not plan.items:
+            log.warning("%s/%s is not complete yet; not sent", agent.agent_id, settings.only_file)
+    plan.settlements.extend((agent.agent_id, settlement) for settlement in found.settlements)
+    plan.markers_changed = found.markers_changed
     return plan
+
+
+def _list(plan: upload.Plan, markers: upload_markers.DestinationMarkers, summary: cli.RunSummary) -> None:
+    """What a dry run would send."""
+    for item in plan.items:
+        marker = markers[item.agent_id].get(item.name)
+        why = "changed since upload" if marker else item.origin
+        summary.would(f"would upload {item.agent_id}/{item.name} ({item.extent}, {why})")
+    summary.counts["wouldUpload"] += len(plan.items)
 
 
 def _forget(settings: Settings, markers: upload_markers.DestinationMarkers) -> bool:
