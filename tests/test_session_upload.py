@@ -387,6 +387,27 @@ def test_markers_of_the_single_document_layout_are_converted_once_and_nothing_is
     assert list(state_dir.glob("session-upload.markers.*.done.json"))
 
 
+def test_corrupt_or_hostile_archive_marker_files_make_their_archives_due_again_and_nothing_else(
+    tree: Tree, env: dict[str, str], nexus: NexusDouble
+) -> None:
+    environment = http_env(env, nexus)
+    assert run_cli(COMMAND, env=environment).returncode == 0
+    state_dir = Path(env["NEXUS_STATE_DIR"])
+    done_files = sorted(state_dir.glob("session-upload.markers.*.done.json"))
+    assert done_files
+    for path, content in zip(done_files, ['{"names": [', '{"names": [7, null, {}]}', "[]"], strict=False):
+        path.write_text(content)
+        Path(str(path).replace(".done.json", ".json")).write_text('{"records": {"x": "not a list"}}')
+    posts = len(nexus.posts())
+    result = run_cli(COMMAND, env=environment)
+    assert result.returncode == 0, result.stderr
+    assert "Traceback" not in result.stderr
+    assert all(request.status == 409 for request in nexus.posts()[posts:]), "only re-offered, recognised"
+    assert len(markers(env)["main"]) == len(tree.expected_uploads)
+    again = len(nexus.posts())
+    assert run_cli(COMMAND, env=environment).returncode == 0 and len(nexus.posts()) == again
+
+
 def test_newer_state_version_is_refused_not_clobbered(tree: Tree, env: dict[str, str]) -> None:
     state_dir = Path(env["NEXUS_STATE_DIR"])
     state_dir.mkdir()

@@ -42,8 +42,11 @@ def shape_problem(document: dict[str, Any]) -> str | None:
                 return "a destination is not an object"
             layouts.append(destination.get("agents", {}))
             archived = destination.get("archived", {})
-            if not isinstance(archived, dict) or not all(isinstance(periods, dict) for periods in archived.values()):
-                return "archived is not an object of objects"
+            if not isinstance(archived, dict) or not all(
+                isinstance(periods, dict) and all(type(count) is int for count in periods.values())
+                for periods in archived.values()
+            ):
+                return "archived is not an object of objects of counts"
     if "agents" in document:
         layouts.append(document["agents"])
     for agents in layouts:
