@@ -107,7 +107,11 @@ class Shelf:
     def _period_records(self, period: str) -> dict[str, list[Any]]:
         if period not in self.records:
             records = self._read(period, "records").get("records")
-            self.records[period] = records if isinstance(records, dict) else {}
+            self.records[period] = {
+                name: record
+                for name, record in (records.items() if isinstance(records, dict) else ())
+                if isinstance(record, list) and period_of(name) == period
+            }
         return self.records[period]
 
     def get(self, name: str) -> dict[str, Any] | None:
