@@ -56,20 +56,18 @@ def snapshot(root: Path) -> dict[str, tuple[bytes, int, int]]:
 
 
 def markers(env: dict[str, str], job_id: str = "session-upload") -> dict[str, dict[str, dict[str, object]]]:
-    """The markers of the run's one destination, by agent: those of the markers document and
-    the uploaded archives' of the per-period files, as one object per agent."""
+    """The markers of the run's one destination, by agent: those of the markers document, of
+    the uploaded archives' per-period files and of the SQLite records, as one object per agent."""
     state_dir = Path(env["NEXUS_STATE_DIR"])
     document = json.loads((state_dir / f"{job_id}.markers.json").read_text())
     ((where, destination),) = document["destinations"].items()
-    agents: dict[str, dict[str, dict[str, object]]] = {
-        agent_id: dict(plain) for agent_id, plain in destination["agents"].items()
-    }
-    for agent_id, periods in destination.get("archived", {}).items():
-        shelf = archived.Shelf(state_dir, job_id, where, agent_id, dict(periods))
-        for name in sorted(shelf.done):
-            marker = shelf.get(name)
-            assert marker is not None
-            agents.setdefault(agent_id, {})[name] = marker
+    agents: dict[str, dict[str, dict[str, object]]] = {}
+    for agent_id in {*destination["agents"], *destination.get("archived", {})}:
+        periods = dict(destination.get("archived", {}).get(agent_id, {}))
+        shelf = archived.Shelf(state_dir, job_id, where, agent_id, periods)
+        sqlite = archived.SqliteRecords(state_dir / f"{shelf.prefix}sqlite.json", destination["sqlite"], agent_id)
+        agent_markers = archived.AgentMarkers(dict(destination["agents"].get(agent_id, {})), shelf, sqlite)
+        agents[agent_id] = {name: agent_markers[name] for name in sorted(agent_markers)}
     return agents
 
 

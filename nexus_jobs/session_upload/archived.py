@@ -31,6 +31,10 @@ from ..core import state
 from ..openclaw import files as openclaw
 
 RECORD_FIELDS = ("size", "mtimeNs", "sha256", "at", "response")
+# As the SQLite era's planner names them (sqlite_era): a session's record, an archive all of
+# whose segments have an answer.
+SESSION_RECORD_PREFIX = "session:"
+COVERED = "covered"
 OTHER_PERIOD = "other"
 
 
@@ -60,12 +64,17 @@ def keeps(name: str, marker: dict[str, Any]) -> bool:
     )
 
 
+def file_prefix(job_id: str, destination: str, agent_id: str) -> str:
+    """How the names of an agent's marker files for a destination begin."""
+    where = hashlib.sha256(f"{destination}\n{agent_id}".encode()).hexdigest()[:16]
+    return f"{job_id}.markers.{where}."
+
+
 class Shelf:
     """The archive markers of one agent for one destination."""
 
     def __init__(self, state_dir: Path, job_id: str, destination: str, agent_id: str, periods: dict[str, int]) -> None:
-        where = hashlib.sha256(f"{destination}\n{agent_id}".encode()).hexdigest()[:16]
-        self.prefix = f"{job_id}.markers.{where}."
+        self.prefix = file_prefix(job_id, destination, agent_id)
         self.state_dir = state_dir
         self.periods = periods  # period -> number of done names (kept in the markers document)
         self._done: set[str] | None = None  # read on first use, dropped by release()
@@ -106,7 +115,8 @@ class Shelf:
 
     def _period_records(self, period: str) -> dict[str, list[Any]]:
         if period not in self.records:
-            records = self._read(period, "records").get("records")
+            # A period the document does not list (new, or the document was lost): not ours to trust.
+            records = self._read(period, "records").get("records") if period in self.periods else None
             self.records[period] = {
                 name: record
                 for name, record in (records.items() if isinstance(records, dict) else ())
@@ -161,13 +171,57 @@ class Shelf:
         self.records.clear()
 
 
-class AgentMarkers(MutableMapping[str, dict[str, Any]]):
-    """An agent's markers: those of the markers document (``plain``), and uploaded archives'
-    on a :class:`Shelf`. Looking a marker up by name never reads more than its period."""
+class SqliteRecords:
+    """The SQLite era's markers of one agent that say something was sent or covered (segments
+    uploaded, archives covered, sessions' records): ``<job>.markers.<where>.sqlite.json``, read
+    only when the agent's database is scanned or a marker of it is looked up, so a run that
+    skips an unchanged database (``quiet``) never parses them."""
 
-    def __init__(self, plain: dict[str, dict[str, Any]], shelf: Shelf) -> None:
+    def __init__(self, path: Path, listed: dict[str, int], agent_id: str) -> None:
+        self.path = path
+        self.listed = listed  # agent -> how many (the markers document's "sqlite")
+        self.agent_id = agent_id
+        self._markers: dict[str, dict[str, Any]] | None = None
+
+    @property
+    def markers(self) -> dict[str, dict[str, Any]]:
+        if self._markers is None:
+            # Not listed in the document (a new or lost document): a file there is not ours to trust.
+            listed = self.agent_id in self.listed
+            found = (state.read_json(self.path, repair=False) or {}).get("markers") if listed else None
+            items = found.items() if isinstance(found, dict) else ()
+            self._markers = {name: marker for name, marker in items if isinstance(marker, dict)}
+        return self._markers
+
+    @property
+    def loaded(self) -> bool:
+        return self._markers is not None
+
+    def save(self) -> None:
+        if self._markers is not None:
+            state.write_json_atomic(self.path, {"markers": self._markers}, compact=True)
+            self.listed[self.agent_id] = len(self._markers)
+
+
+def is_sqlite_record(name: str, marker: dict[str, Any]) -> bool:
+    """Whether a marker belongs with :class:`SqliteRecords`: a session's record, a covered
+    archive, an uploaded segment (rejected and conflicting ones stay in the document, which
+    ``nexus-jobs status --files`` is made from)."""
+    status = marker.get("status")
+    if name.startswith(SESSION_RECORD_PREFIX):
+        return status is None
+    return status == COVERED or (status == "uploaded" and "first" in marker)
+
+
+class AgentMarkers(MutableMapping[str, dict[str, Any]]):
+    """An agent's markers: those of the markers document (``plain``), uploaded archives' on a
+    :class:`Shelf`, and the SQLite era's in :class:`SqliteRecords`. Looking a marker up by
+    name never reads more than its period, or the SQLite records when it is none of the rest."""
+
+    def __init__(self, plain: dict[str, dict[str, Any]], shelf: Shelf, sqlite: SqliteRecords) -> None:
         self.plain = plain
         self.shelf = shelf
+        self.sqlite = sqlite
         # The shelf is saved before the document: after a crash between the two, its word is newer.
         for name in [name for name in plain if name in shelf.done]:
             del plain[name]
@@ -175,7 +229,7 @@ class AgentMarkers(MutableMapping[str, dict[str, Any]]):
     def __getitem__(self, name: str) -> dict[str, Any]:
         marker = self.plain.get(name)
         if marker is None:
-            marker = self.shelf.get(name)
+            marker = self.shelf.get(name) or self.sqlite.markers.get(name)
             if marker is None:
                 raise KeyError(name)
         return marker
@@ -184,29 +238,44 @@ class AgentMarkers(MutableMapping[str, dict[str, Any]]):
         if keeps(name, marker):
             self.plain.pop(name, None)
             self.shelf.put(name, marker)
+        elif is_sqlite_record(name, marker):
+            self.plain.pop(name, None)
+            self.shelf.discard(name)
+            self.sqlite.markers[name] = marker
         else:
             self.shelf.discard(name)
+            if self.sqlite.loaded:
+                self.sqlite.markers.pop(name, None)
             self.plain[name] = marker
 
     def __delitem__(self, name: str) -> None:
         found = self.plain.pop(name, None) is not None
+        found |= self.sqlite.markers.pop(name, None) is not None
         if not self.shelf.discard(name) and not found:
             raise KeyError(name)
 
     def __contains__(self, name: object) -> bool:
-        return name in self.plain or name in self.shelf.done
+        return name in self.plain or name in self.shelf.done or name in self.sqlite.markers
 
     def __iter__(self) -> Iterator[str]:
         yield from self.plain
         yield from (name for name in list(self.shelf.done) if name not in self.plain)
+        yield from (name for name in list(self.sqlite.markers) if name not in self.plain)
 
     def __len__(self) -> int:
-        return len(self.plain) + self.shelf.count()
+        return len(set(self))
+
+    def documented(self) -> Iterator[tuple[str, dict[str, Any]]]:
+        """Every marker but the shelved archives' (which say only: uploaded)."""
+        yield from list(self.plain.items())
+        yield from ((name, marker) for name, marker in list(self.sqlite.markers.items()) if name not in self.plain)
 
     def adopt(self) -> int:
-        """Move the document's markers that belong on the shelf there (a layout before the
-        shelf is converted once); how many moved."""
-        moved = [name for name, marker in self.plain.items() if keeps(name, marker)]
-        for name in moved:
-            self.shelf.put(name, self.plain.pop(name))
-        return len(moved)
+        """Move the document's markers that belong on the shelf or with the SQLite records
+        there (a layout before them is converted once); how many moved."""
+        moved = 0
+        for name, marker in list(self.plain.items()):
+            if keeps(name, marker) or is_sqlite_record(name, marker):
+                self[name] = self.plain.pop(name)
+                moved += 1
+        return moved

@@ -24,7 +24,7 @@ from typing import Any
 
 from ..core import state
 from ..openclaw import files as openclaw
-from .archived import AgentMarkers, Shelf
+from .archived import AgentMarkers, Shelf, SqliteRecords
 from .sqlite_era import Segment
 
 # What a run may send: a transcript file (JSONL era), or a segment (SQLite era).
@@ -47,6 +47,9 @@ def shape_problem(document: dict[str, Any]) -> str | None:
                 for periods in archived.values()
             ):
                 return "archived is not an object of objects of counts"
+            listed = destination.get("sqlite", {})
+            if not isinstance(listed, dict) or not all(type(count) is int for count in listed.values()):
+                return "sqlite is not an object of counts"
     if "agents" in document:
         layouts.append(document["agents"])
     for agents in layouts:
@@ -61,16 +64,20 @@ def shape_problem(document: dict[str, Any]) -> str | None:
 class DestinationMarkers(dict[str, AgentMarkers]):
     """The agents' markers for one destination; an agent's are read on first use."""
 
-    def __init__(self, entry: dict[str, Any], shelf_of: Callable[[str, dict[str, int]], Shelf]) -> None:
+    def __init__(self, entry: dict[str, Any], *, state_dir: Path, job_id: str, destination: str) -> None:
         super().__init__()
         self.entry = entry
-        self.shelf_of = shelf_of
+        self.state_dir, self.job_id, self.destination = state_dir, job_id, destination
         self.converting = "archived" not in entry
         self.archived: dict[str, dict[str, int]] = entry.setdefault("archived", {})
+        self.sqlite: dict[str, int] = entry.setdefault("sqlite", {})
 
     def __missing__(self, agent_id: str) -> AgentMarkers:
         plain = self.entry["agents"].setdefault(agent_id, {})
-        markers = AgentMarkers(plain, self.shelf_of(agent_id, self.archived.setdefault(agent_id, {})))
+        periods = self.archived.setdefault(agent_id, {})
+        shelf = Shelf(self.state_dir, self.job_id, self.destination, agent_id, periods)
+        sqlite = SqliteRecords(self.state_dir / f"{shelf.prefix}sqlite.json", self.sqlite, agent_id)
+        markers = AgentMarkers(plain, shelf, sqlite)
         if self.converting:
             markers.adopt()
         self[agent_id] = markers
@@ -83,6 +90,7 @@ class DestinationMarkers(dict[str, AgentMarkers]):
     def save_shelves(self) -> None:
         for markers in self.values():
             markers.shelf.save()
+            markers.sqlite.save()
         for agent_id in [agent_id for agent_id, periods in self.archived.items() if not periods]:
             del self.archived[agent_id]
 
@@ -110,9 +118,7 @@ def of_destination(document: dict[str, Any], destination: str, *, state_dir: Pat
         destinations[destination] = {"agents": legacy}
     entry = destinations.setdefault(destination, {})
     entry.setdefault("agents", {})
-    markers = DestinationMarkers(
-        entry, lambda agent_id, periods: Shelf(state_dir, job_id, destination, agent_id, periods)
-    )
+    markers = DestinationMarkers(entry, state_dir=state_dir, job_id=job_id, destination=destination)
     if markers.converting:
         markers.load_all()
     return markers
@@ -134,7 +140,7 @@ class SentDigests:
 
     def __init__(self, agent_markers: AgentMarkers) -> None:
         self.by_session: dict[str, set[str]] = {}
-        for marker in agent_markers.plain.values():  # a shelved archive has no session
+        for _, marker in agent_markers.documented():  # a shelved archive has no session
             if marker.get("status") == "uploaded" and isinstance(marker.get("sha256"), str):
                 self.add(marker.get("session"), marker["sha256"])
         self.agent_markers = agent_markers
@@ -183,8 +189,7 @@ def prune(
     for name in gone_archives:
         agent_markers[name] = {**agent_markers[name], "goneSince": now}
         changed = True
-    plain = agent_markers.plain
-    for name, marker in list(plain.items()):
+    for name, marker in agent_markers.documented():
         gone_since = marker.get("goneSince")
         if name in names or marker.get("session", "") in sessions:
             if gone_since is not None:
@@ -195,7 +200,7 @@ def prune(
             marker["goneSince"] = now
             changed = True
         elif now - gone_since >= retention_seconds:
-            del plain[name]
+            del agent_markers[name]
             changed = True
     return changed
 
@@ -210,7 +215,7 @@ def standing(markers: dict[str, AgentMarkers]) -> dict[str, int]:
     standing = {"uploaded": 0, "rejected": 0, "conflict": 0}
     for agent_markers in markers.values():
         standing["uploaded"] += agent_markers.shelf.count()
-        for marker in agent_markers.plain.values():
+        for _, marker in agent_markers.documented():
             if marker.get("status") in standing and "goneSince" not in marker:
                 standing[marker["status"]] += 1
     return {"uploaded": standing["uploaded"], "rejected": standing["rejected"], "conflicts": standing["conflict"]}
@@ -221,12 +226,13 @@ def needing_the_operator(markers: dict[str, AgentMarkers]) -> dict[str, list[dic
     record's ``files``, listed by ``nexus-jobs status --files``): only the document holds
     them, never a shelf."""
     files: dict[str, list[dict[str, str]]] = {"rejected": [], "conflicts": []}
-    for agent_id, agent_markers in sorted(markers.items()):
-        for name, marker in sorted(agent_markers.plain.items()):
-            kind = {"rejected": "rejected", "conflict": "conflicts"}.get(str(marker.get("status")))
+    kinds = {"rejected": "rejected", "conflict": "conflicts"}
+    for agent_id, agent_markers in markers.items():
+        for name, marker in agent_markers.plain.items():
+            kind = kinds.get(str(marker.get("status")))
             if kind is not None and "goneSince" not in marker:
                 files[kind].append({"name": f"{agent_id}/{name}", "reason": str(marker.get("response", ""))})
-    return files
+    return {kind: sorted(items, key=lambda item: item["name"]) for kind, items in files.items()}
 
 
 def _now() -> str:

@@ -21,14 +21,14 @@ from ..openclaw import archives, segments
 from ..openclaw import database as openclaw_db
 from ..openclaw import files as openclaw
 from ..openclaw.agents import Agent
-from . import quiet
+from . import archived, quiet
 from .archived import AgentMarkers
 
 log = logging.getLogger("nexus_jobs")
-SESSION_RECORD_PREFIX = "session:"
+SESSION_RECORD_PREFIX = archived.SESSION_RECORD_PREFIX
 SETTLED_STATUSES = ("uploaded", "rejected", "conflict")
 # An archive all of whose segments have an answer (they carry the status, not the archive).
-COVERED = "covered"
+COVERED = archived.COVERED
 FINGERPRINT_KEYS = ("size", "mtimeNs", "rows", "lastSeq", "settled")
 
 
@@ -166,7 +166,7 @@ def _settled(agent_markers: AgentMarkers, *, retry_rejected: bool) -> openclaw_d
     if retry_rejected:
         return {}
     settled: openclaw_db.Settled = {}
-    for key, record in agent_markers.plain.items():
+    for key, record in agent_markers.documented():
         if key.startswith(SESSION_RECORD_PREFIX) and record.get("settled"):
             rows, last_seq = record.get("rows"), record.get("lastSeq")
             if isinstance(rows, int) and isinstance(last_seq, int):
@@ -210,7 +210,7 @@ class _Planner:
         if self._sent is None:
             self._sent = {}
             counted = ("uploaded",) if self.retry_rejected else SETTLED_STATUSES
-            for marker in self.markers.plain.values():  # a shelved archive's marker has no events
+            for _, marker in self.markers.documented():  # a shelved archive's marker has no events
                 if marker.get("status") in counted and isinstance(marker.get("first"), str):
                     self._sent.setdefault(str(marker.get("session")), {})[marker["first"]] = str(marker.get("last"))
         return self._sent.setdefault(session_id, {})
