@@ -71,7 +71,7 @@ def main() -> int:
     parser.add_argument("--sessions", type=int, default=5_000)
     args = parser.parse_args()
     passed = True
-    for size in (int(text) for text in args.sizes.split(",")):
+    for size in (int(text) for text in args.sizes.split(",") if text):
         passed &= measure_files(size, runs=args.runs, before=args.before, seed=args.seed_markers)
     if not args.skip_sqlite:
         passed &= measure_sqlite(args.events, args.sessions, runs=args.runs, before=args.before)
