@@ -67,7 +67,7 @@ def measure(storage: str, *, count: int, runs: int) -> bool:
             env = env_for(OPENCLAW_STATE_DIR=str(scratch / "openclaw"), NEXUS_ENDPOINT=url, NEXUS_API_KEY="bench-key")
             first = timed(command, env=env)
             print(f"first run uploaded {count} transcripts ({storage}) in {first:.1f} s")
-            markers = (state_dir / "session-upload.markers.json").stat().st_size
+            markers = sum(path.stat().st_size for path in state_dir.glob("session-upload.markers*.json"))
             ours, bare = [], []
             for _ in range(runs):
                 ours.append(timed(command, env=env))
@@ -77,7 +77,7 @@ def measure(storage: str, *, count: int, runs: int) -> bool:
     report(
         f"P2 nothing-new run over {count} marked {unit}, medians of {runs} runs",
         [
-            ("markers file", f"{markers / 1e6:.1f} MB"),
+            ("markers files", f"{markers / 1e6:.1f} MB"),
             ("nexus-session-upload (nothing new)", f"{median(ours) * 1000:.0f} ms  (bar < 1000 ms)"),
             (f"baseline: {baseline_name}", f"{median(bare) * 1000:.0f} ms"),
             ("ratio (bar <= 3x)", fmt_ratio(ratio)),
@@ -94,7 +94,7 @@ def make_jsonl_tree(sessions: Path, count: int) -> None:
         )
 
 
-def make_database(database: Path, count: int) -> None:
+def make_database(database: Path, count: int, *, events_per_session: int = EVENTS_PER_GENERATION) -> None:
     """``count`` sessions of one session key, all but the last replaced (so complete: each is
     one segment), with the tables and columns OpenClaw's agent database declares."""
     from tests.openclaw_tree import SQLITE_SCHEMA, create_database
@@ -109,7 +109,7 @@ def make_database(database: Path, count: int) -> None:
     )
     connection.executemany(
         "INSERT INTO transcript_events (session_id, seq, event_json, created_at) VALUES (?, ?, ?, 0)",
-        ((session_id, seq, _event(session_id, seq)) for session_id in ids for seq in range(EVENTS_PER_GENERATION)),
+        ((session_id, seq, _event(session_id, seq)) for session_id in ids for seq in range(events_per_session)),
     )
     connection.execute(
         "INSERT INTO session_nodes (session_key, current_session_id, entry_json, updated_at)"

@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from nexus_jobs.nexus.sessions import json_string
+from nexus_jobs.session_upload import archived
 from tests.conftest import assert_clean_failure, run_cli, script
 from tests.nexus_double import LIMIT_BYTES, ROUTE, NexusDouble
 from tests.openclaw_tree import STAMP, Tree, build_realistic, make_old, new_session_id, node_zstd, transcript
@@ -58,10 +59,18 @@ def snapshot(root: Path) -> dict[str, tuple[bytes, int, int]]:
 
 
 def markers(env: dict[str, str], job_id: str = "session-upload") -> dict[str, dict[str, dict[str, object]]]:
-    """The markers of the run's one destination, by agent."""
-    document = json.loads((Path(env["NEXUS_STATE_DIR"]) / f"{job_id}.markers.json").read_text())
-    (destination,) = document["destinations"].values()
-    agents: dict[str, dict[str, dict[str, object]]] = destination["agents"]
+    """The markers of the run's one destination, by agent: those of the markers document, of
+    the uploaded archives' per-period files and of the SQLite records, as one object per agent."""
+    state_dir = Path(env["NEXUS_STATE_DIR"])
+    document = json.loads((state_dir / f"{job_id}.markers.json").read_text())
+    ((where, destination),) = document["destinations"].items()
+    agents: dict[str, dict[str, dict[str, object]]] = {}
+    for agent_id in {*destination["agents"], *destination.get("archived", {})}:
+        periods = dict(destination.get("archived", {}).get(agent_id, {}))
+        shelf = archived.Shelf(state_dir, job_id, where, agent_id, periods)
+        sqlite = archived.SqliteRecords(state_dir / f"{shelf.prefix}sqlite.json", destination["sqlite"], agent_id)
+        agent_markers = archived.AgentMarkers(dict(destination["agents"].get(agent_id, {})), shelf, sqlite)
+        agents[agent_id] = {name: agent_markers[name] for name in sorted(agent_markers)}
     return agents
 
 
@@ -187,9 +196,54 @@ def test_413_and_400_mark_rejected_without_retrying_every_run(
     assert len(nexus.posts()) == 1, "a rejected file is not retried every run"
     status = json.loads((Path(env["NEXUS_STATE_DIR"]) / "session-upload.json").read_text())
     assert status["standing"]["rejected"] == 1
+    listed = run_cli("nexus-jobs", "status", "--job", "session-upload", "--files", "rejected", env=environment)
+    assert listed.returncode == 0, listed.stderr
+    assert f"rejected: solo/{name}: " in listed.stdout and f"({fault})" in listed.stdout
+    assert "1 file(s)" in listed.stdout
     retried = run_cli(COMMAND, "--agent", "solo", "--retry-rejected", env=environment)
     assert retried.returncode == 0 and len(nexus.posts()) == 2
     assert markers(env)["solo"][name]["status"] == "uploaded"
+    cleared = run_cli("nexus-jobs", "status", "--job", "session-upload", "--files", "all", env=environment)
+    assert "no rejected or conflicting files" in cleared.stdout
+
+
+def test_an_endpoint_answering_404_is_a_wrong_path_exit_78_with_the_url(
+    tree: Tree, env: dict[str, str], nexus: NexusDouble
+) -> None:
+    environment = http_env(env, nexus, NEXUS_ENDPOINT=nexus.url + "/wrong")
+    result = run_cli(COMMAND, env=environment)
+    assert_clean_failure(result, 78)
+    assert f"Nexus at {nexus.url}/wrong/sessions answered 404 while uploading transcripts" in result.stderr
+    assert "the part before /sessions" in result.stderr and "unexpected answer" not in result.stderr
+    assert not list(Path(env["NEXUS_STATE_DIR"]).glob("session-upload.markers.*.done.json")), "no marker"
+    assert run_cli(COMMAND, env=http_env(env, nexus)).returncode == 0, "nothing lost: all sent once it is right"
+    assert {name for agent, name in nexus.stored if agent == "main"} == set(tree.expected_uploads)
+
+
+def test_file_flag_forgets_one_marker_and_sends_only_that_file_again(
+    tree: Tree, env: dict[str, str], nexus: NexusDouble
+) -> None:
+    environment = http_env(env, nexus)
+    assert run_cli(COMMAND, env=environment).returncode == 0
+    posts = len(nexus.posts())
+    name = sorted(name for name in tree.expected_uploads if ".reset." in name)[0]
+    late = f"{new_session_id()}.jsonl.deleted.{STAMP}"
+    (tree.sessions_dir / late).write_bytes(transcript("late"))
+    result = run_cli(COMMAND, "--agent", "main", "--file", name, env=environment)
+    assert result.returncode == 0, result.stderr
+    sent = [request.body["fileName"] for request in nexus.posts()[posts:] if request.body]
+    assert sent == [name], "only that file, and the new one waits for the next run"
+    assert markers(env)["main"][name]["status"] == "uploaded"
+    assert late not in markers(env)["main"]
+    for argv, words in (
+        (["--file", name], "needs one --agent"),
+        (["--agent", "main", "--file", "../x"], "needs one --agent"),
+        (["--agent", "main", "--file", "nope.jsonl"], "no such file"),
+    ):
+        refused = run_cli(COMMAND, *argv, env=environment)
+        assert_clean_failure(refused, 2)
+        assert words in refused.stderr
+    assert len(nexus.posts()) == posts + 1
 
 
 def test_409_without_or_with_matching_sha256_marks_uploaded(
@@ -215,6 +269,8 @@ def test_409_with_a_different_sha256_is_a_conflict_not_marked_uploaded(
     assert_clean_failure(result, 1)
     assert f"main/{name}: conflict: the server holds different content" in result.stderr
     assert markers(env)["main"][name]["status"] == "conflict"
+    listed = run_cli("nexus-jobs", "status", "--job", "session-upload", "--files", "conflicts", env=env)
+    assert f"conflicts: main/{name}: " in listed.stdout and "different content" in listed.stdout
 
 
 def test_transient_failures_are_retried_within_the_run(tree: Tree, env: dict[str, str], nexus: NexusDouble) -> None:
@@ -305,6 +361,54 @@ def test_corrupt_state_file_is_moved_aside_and_the_run_goes_on(
     assert len(markers(env)["main"]) == len(tree.expected_uploads)
 
 
+@pytest.mark.parametrize("layout", ["agents", "destinations"])
+def test_markers_of_the_single_document_layout_are_converted_once_and_nothing_is_sent_again(
+    tree: Tree, env: dict[str, str], nexus: NexusDouble, layout: str
+) -> None:
+    environment = http_env(env, nexus)
+    assert run_cli(COMMAND, env=environment).returncode == 0
+    state_dir = Path(env["NEXUS_STATE_DIR"])
+    before = markers(env)
+    where = next(iter(json.loads((state_dir / "session-upload.markers.json").read_text())["destinations"]))
+    for path in state_dir.glob("session-upload.markers.*"):
+        path.unlink()
+    # As a release before per-period files wrote it: every marker in one document.
+    document = {"agents": before} if layout == "agents" else {"destinations": {where: {"agents": before}}}
+    (state_dir / "session-upload.markers.json").write_text(json.dumps({"version": 1, **document}))
+    posts = len(nexus.posts())
+    for _ in range(2):
+        result = run_cli(COMMAND, env=environment)
+        assert result.returncode == 0, result.stderr
+        assert len(nexus.posts()) == posts, "nothing is sent again"
+    assert markers(env) == before
+    converted = json.loads((state_dir / "session-upload.markers.json").read_text())["destinations"][where]
+    shelved = [name for name in before["main"] if archived.keeps(name, before["main"][name])]
+    assert shelved and not set(shelved) & set(converted["agents"]["main"])
+    assert sum(converted["archived"]["main"].values()) == len(shelved)
+    assert list(state_dir.glob("session-upload.markers.*.done.json"))
+
+
+def test_corrupt_or_hostile_archive_marker_files_make_their_archives_due_again_and_nothing_else(
+    tree: Tree, env: dict[str, str], nexus: NexusDouble
+) -> None:
+    environment = http_env(env, nexus)
+    assert run_cli(COMMAND, env=environment).returncode == 0
+    state_dir = Path(env["NEXUS_STATE_DIR"])
+    done_files = sorted(state_dir.glob("session-upload.markers.*.done.json"))
+    assert done_files
+    for path, content in zip(done_files, ['{"names": [', '{"names": [7, null, {}]}', "[]"], strict=False):
+        path.write_text(content)
+        Path(str(path).replace(".done.json", ".json")).write_text('{"records": {"x": "not a list"}}')
+    posts = len(nexus.posts())
+    result = run_cli(COMMAND, env=environment)
+    assert result.returncode == 0, result.stderr
+    assert "Traceback" not in result.stderr
+    assert all(request.status == 409 for request in nexus.posts()[posts:]), "only re-offered, recognised"
+    assert len(markers(env)["main"]) == len(tree.expected_uploads)
+    again = len(nexus.posts())
+    assert run_cli(COMMAND, env=environment).returncode == 0 and len(nexus.posts()) == again
+
+
 def test_newer_state_version_is_refused_not_clobbered(tree: Tree, env: dict[str, str]) -> None:
     state_dir = Path(env["NEXUS_STATE_DIR"])
     state_dir.mkdir()
@@ -358,7 +462,8 @@ def test_sigkill_at_random_moments_never_tears_state_and_loses_nothing(
     expected = {}
     rng = random.Random(7)
     for number in range(120):
-        name = f"{new_session_id(rng)}.jsonl.reset.{STAMP}"
+        month = 4 + number % 3  # archives of three months: markers in three files per kind
+        name = f"{new_session_id(rng)}.jsonl.reset.{STAMP.replace('-06-', f'-{month:02d}-')}"
         expected[name] = transcript(name[:36], messages=2 + number % 5, rng=rng)
         (sessions / name).write_bytes(expected[name])
     nexus.delay_seconds = 0.004
@@ -376,6 +481,10 @@ def test_sigkill_at_random_moments_never_tears_state_and_loses_nothing(
         process.wait()
         for path in state_dir.glob("*.json"):
             json.loads(path.read_text())  # never torn
+        if (state_dir / "session-upload.markers.json").exists():
+            uploaded = {name for name, marker in markers(env).get("bulk", {}).items() if marker["status"] == "uploaded"}
+            stored = {name for agent, name in nexus.stored if agent == "bulk"}
+            assert uploaded <= stored, "never a marker of what the server does not have"
     final = run_cli(COMMAND, "--agent", "bulk", env=environment)
     assert final.returncode == 0, final.stderr
     assert {name: content for (agent, name), content in nexus.stored.items() if agent == "bulk"} == expected

@@ -20,6 +20,7 @@ import zstandard
 from tests.conftest import assert_clean_failure, run_cli
 from tests.nexus_double import LIMIT_BYTES, NexusDouble
 from tests.openclaw_tree import (
+    OLD_MS,
     SQLITE_SCHEMA,
     SessionWriter,
     SqliteTree,
@@ -595,3 +596,41 @@ def test_a_generation_an_earlier_release_uploaded_whole_is_not_sent_again(
         marker["first"] == json.loads(replaced.lines[1])["id"]
         and marker["last"] == json.loads(replaced.lines[-1])["id"]
     )
+
+
+def test_a_settled_unchanged_session_is_counted_by_its_key_without_reading_its_events(tmp_path: Path) -> None:
+    from nexus_jobs.openclaw import database as openclaw_db
+
+    path = tmp_path / "agent" / "openclaw-agent.sqlite"
+    path.parent.mkdir()
+    connection = create_database(path)
+    ids = [new_session_id() for _ in range(3)]
+    with connection:
+        connection.executemany(
+            "INSERT INTO transcript_events (session_id, seq, event_json, created_at) VALUES (?, ?, '{}', ?)",
+            [(session_id, seq, OLD_MS + seq) for session_id in ids for seq in range(4)],
+        )
+    # A statement reading an event column is seen here.
+    read: list[str] = []
+
+    def authorizer(action: int, table: str | None, column: str | None, *_: object) -> int:
+        if action == sqlite3.SQLITE_READ and table == "transcript_events" and column in ("created_at", "event_json"):
+            read.append(column)
+        return sqlite3.SQLITE_OK
+
+    connection = _authorized(connection, authorizer)
+    everything = openclaw_db._scan(connection, path, {session_id: (4, 3) for session_id in ids})
+    assert read == [], "with every session settled and unchanged, no event column is read"
+    assert [session.rows for session in everything.sessions] == [4, 4, 4]
+    settled = {ids[0]: (4, 3), ids[1]: (3, 2)}  # the second changed since it was settled
+    found = openclaw_db._scan(connection, path, settled)
+    by_id = {session.session_id: session for session in found.sessions}
+    assert set(by_id) == set(ids) and all(session.rows == 4 and session.last_seq == 3 for session in by_id.values())
+    assert by_id[ids[0]].last_event_ms == 0, "a settled, unchanged session's last event is not looked up"
+    assert by_id[ids[1]].last_event_ms == by_id[ids[2]].last_event_ms == OLD_MS + 3
+    connection.close()
+
+
+def _authorized(connection: sqlite3.Connection, authorizer: object) -> sqlite3.Connection:
+    connection.set_authorizer(authorizer)  # type: ignore[arg-type]
+    return connection

@@ -127,15 +127,26 @@ def is_run_key(session_key: str) -> bool:
     return rest.startswith(RUN_KEY_PREFIXES)
 
 
-def scan(database: Path) -> DatabaseScan:
+# Known sessions: (rows, last seq) of each session whose events were all dealt with.
+Settled = dict[str, tuple[int, int]]
+# When more sessions than this share need their last event's time, one pass over every row
+# is cheaper than a lookup each.
+LOOKUP_SHARE = 8
+
+
+def scan(database: Path, settled: Settled | None = None) -> DatabaseScan:
     """What ``database`` holds (a missing file, or one without session tables, is no session
-    database: ``found`` stays False). Raises :class:`DatabaseBusy` or :class:`DatabaseUnreadable`."""
+    database: ``found`` stays False). Raises :class:`DatabaseBusy` or :class:`DatabaseUnreadable`.
+
+    Each session is counted through the (session_id, seq) key alone, never reading an event;
+    the time of its last event is read only for a session not in ``settled`` with the same rows
+    and last seq (its ``last_event_ms`` is 0 otherwise): a run with nothing new reads no row."""
     if not database.is_file():
         return DatabaseScan()
-    return run_read(database, lambda connection: _scan(connection, database))
+    return run_read(database, lambda connection: _scan(connection, database, settled or {}))
 
 
-def _scan(connection: sqlite3.Connection, database: Path) -> DatabaseScan:
+def _scan(connection: sqlite3.Connection, database: Path, settled: Settled) -> DatabaseScan:
     result = DatabaseScan()
     columns = _columns(connection)
     if not columns:
@@ -159,14 +170,15 @@ def _scan(connection: sqlite3.Connection, database: Path) -> DatabaseScan:
         )
     current = {row[0] for row in connection.execute("SELECT current_session_id FROM session_nodes")}
     over = _run_over(connection, columns.get("session_windows", set()))
-    created = "max(created_at)" if "created_at" in events else "0"
-    counted = connection.execute(
-        f"SELECT session_id, count(*), max(seq), {created} FROM transcript_events GROUP BY session_id"
-    )
+    # Answered from the (session_id, seq) key alone: no event is read.
+    keys = "SELECT session_id, count(*), max(seq) FROM transcript_events GROUP BY session_id"
+    counted = [row for row in connection.execute(keys) if isinstance(row[0], str)]
+    unsettled = [session_id for session_id, rows, last_seq in counted if settled.get(session_id) != (rows, last_seq)]
+    times = _last_event_times(connection, unsettled, dated="created_at" in events, everything=len(counted))
     append = result.sessions.append
-    for session_id, rows, last_seq, last_ms in counted:
-        if isinstance(session_id, str):
-            append(SessionRow(session_id, rows, last_seq, last_ms or 0, session_id in current, session_id in over))
+    for session_id, rows, last_seq in counted:
+        last_ms = times.get(session_id) or 0
+        append(SessionRow(session_id, rows, last_seq, last_ms, session_id in current, session_id in over))
     _cold(connection, columns, result, current=current, over=over)
     if {"archive_name", "session_id", "reason"} <= columns.get("session_transcript_archives", set()):
         result.archives = [
@@ -174,6 +186,21 @@ def _scan(connection: sqlite3.Connection, database: Path) -> DatabaseScan:
             for row in connection.execute("SELECT archive_name, session_id, reason FROM session_transcript_archives")
         ]
     return result
+
+
+def _last_event_times(
+    connection: sqlite3.Connection, session_ids: list[str], *, dated: bool, everything: int
+) -> dict[str, int]:
+    """The time of each session's last event: looked up by key for a few sessions, in one pass
+    over every row when many (a first run) need it."""
+    if not dated or not session_ids:
+        return {}
+    if len(session_ids) * LOOKUP_SHARE > everything:
+        wanted = set(session_ids)
+        rows = connection.execute("SELECT session_id, max(created_at) FROM transcript_events GROUP BY session_id")
+        return {session_id: last_ms for session_id, last_ms in rows if session_id in wanted}
+    query = "SELECT max(created_at) FROM transcript_events WHERE session_id = ?"
+    return {session_id: connection.execute(query, (session_id,)).fetchone()[0] for session_id in session_ids}
 
 
 def _run_over(connection: sqlite3.Connection, windows: set[str]) -> set[str]:

@@ -12,7 +12,8 @@ from __future__ import annotations
 import json
 import os
 import stat
-from collections.abc import Callable
+import sys
+from collections.abc import Callable, Container
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import NamedTuple
@@ -27,19 +28,32 @@ ARCHIVE_REASONS = ("reset", "deleted")
 
 class Transcript(NamedTuple):
     """A complete transcript file, as found by :func:`scan` (a tuple: a scan makes tens of
-    thousands of these, and a tuple is several times cheaper to build than a dataclass)."""
+    thousands of these, and a tuple is several times cheaper to build than a dataclass; what
+    can be derived from the name is, so a first run over 200,000 files holds little more than
+    their names)."""
 
     agent_id: str
-    path: str
+    directory: str  # one string shared by every transcript of the directory
     name: str
-    session_id: str
     archive_reason: str | None
     size: int
     mtime_ns: int
     compressed: bool = False
     is_symlink: bool = False
     is_regular: bool = True
-    name_not_utf8: bool = False  # ``name`` is then :func:`printable`'s form of it
+    raw_name: str | None = None  # the name on disk when not valid UTF-8 (``name`` is printable)
+
+    @property
+    def path(self) -> str:
+        return os.path.join(self.directory, self.raw_name or self.name)
+
+    @property
+    def session_id(self) -> str:
+        return self.name.partition(TRANSCRIPT_SUFFIX)[0].partition(TOPIC_SEPARATOR)[0]
+
+    @property
+    def name_not_utf8(self) -> bool:
+        return self.raw_name is not None
 
     @property
     def upload_name(self) -> str:
@@ -65,8 +79,9 @@ class Scan:
     """What one sessions directory holds: complete transcripts, and why others wait."""
 
     complete: list[Transcript] = field(default_factory=list)
-    present: set[str] = field(default_factory=set)
+    present: set[str] = field(default_factory=set)  # when asked for; not the archives known done
     unchanged: int = 0
+    archived_seen: int = 0  # archives known done (not even stat-ed)
     live: int = 0
     locked: int = 0
     in_grace: int = 0
@@ -113,16 +128,21 @@ def scan(
     grace_seconds: float,
     now_ns: int,
     is_done: Callable[[str, int, int], bool] = lambda name, size, mtime_ns: False,
+    archived: Container[str] = frozenset(),
+    list_present: bool = False,
 ) -> Scan:
     """Classify the direct children of ``sessions_dir`` (raises ``OSError`` when it cannot
     be listed). Files for which ``is_done(name, size, mtime_ns)`` holds (uploaded already,
-    unchanged) are only counted.
+    unchanged) are only counted; so are archives in ``archived`` (done: an archive is never
+    written again), without a ``stat``. With ``list_present``, the names of the others are
+    collected in ``present``.
 
     Complete: every ``.reset.<TS>``/``.deleted.<TS>`` archive; a plain ``.jsonl`` whose
     session id (and file name) the index does not reference, with no ``.lock`` sibling, not
     modified for the grace period. Without a readable index no plain file is complete.
     """
     result = Scan()
+    directory = os.fspath(sessions_dir)
     locks: set[str] = set()
     plain: list[tuple[os.DirEntry[str], str, str]] = []
     with os.scandir(sessions_dir) as entries:
@@ -137,11 +157,16 @@ def scan(
                 continue
             if not rest:
                 if not entry.is_dir(follow_symlinks=False):
-                    result.present.add(name)
+                    if list_present:
+                        result.present.add(name)
                     plain.append((entry, name, stem.partition(TOPIC_SEPARATOR)[0]))
                 continue
             if rest == ".lock":
                 locks.add(stem + TRANSCRIPT_SUFFIX)
+                continue
+            if name in archived:
+                result.archived_seen += 1
+                result.unchanged += 1
                 continue
             reason, _, stamp = rest[1:].partition(".")
             if rest[0] != "." or reason not in ARCHIVE_REASONS or not stamp or stamp == ZSTD_SUFFIX[1:]:
@@ -149,12 +174,12 @@ def scan(
             info = entry.stat(follow_symlinks=False)
             if stat.S_ISDIR(info.st_mode):
                 continue
-            result.present.add(name)
+            if list_present:
+                result.present.add(name)
             if is_done(name, info.st_size, info.st_mtime_ns):
                 result.unchanged += 1
             else:
-                session_id = stem.partition(TOPIC_SEPARATOR)[0]
-                result.complete.append(_transcript(entry, name, info, agent_id, session_id, reason))
+                result.complete.append(_transcript(entry, name, info, agent_id, directory, sys.intern(reason)))
     if not plain:
         return result
     index = read_index(sessions_dir)
@@ -177,25 +202,24 @@ def scan(
             elif now_ns - info.st_mtime_ns < grace_ns:
                 result.in_grace += 1
             else:
-                result.complete.append(_transcript(entry, name, info, agent_id, session_id, None))
+                result.complete.append(_transcript(entry, name, info, agent_id, directory, None))
     return result
 
 
 def _transcript(
-    entry: os.DirEntry[str], name: str, info: os.stat_result, agent_id: str, session_id: str, archive_reason: str | None
+    entry: os.DirEntry[str], name: str, info: os.stat_result, agent_id: str, directory: str, archive_reason: str | None
 ) -> Transcript:
     return Transcript(
         agent_id,
-        entry.path,
+        directory,
         name,
-        session_id,
         archive_reason,
         info.st_size,
         info.st_mtime_ns,
         archive_reason is not None and name.endswith(ZSTD_SUFFIX),
         stat.S_ISLNK(info.st_mode),
         stat.S_ISREG(info.st_mode),
-        name != entry.name,
+        None if name == entry.name else entry.name,
     )
 
 

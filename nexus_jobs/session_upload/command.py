@@ -19,6 +19,7 @@ from ..core import config, state
 from ..core.errors import UsageError
 from ..core.exits import Exit
 from ..nexus import settings as nexus_settings
+from ..openclaw.agents import Agent
 from ..openclaw.agents import resolve_agents as agents_of
 from . import markers as upload_markers
 from . import transcripts, upload
@@ -78,6 +79,9 @@ def build_parser() -> argparse.ArgumentParser:
     cli.add_options(parser, (*nexus_settings.OPTIONS, *OPTIONS))
     parser.add_argument("--agent", action="append", metavar="ID", help="only this agent (repeatable)")
     parser.add_argument("--retry-rejected", action="store_true", help="try rejected and conflicting files again")
+    parser.add_argument(
+        "--file", metavar="NAME", help="send this one file of the --agent again (its marker is forgotten), if complete"
+    )
     return parser
 
 
@@ -109,6 +113,8 @@ def load_settings(loaded: config.LoadedConfig, job: config.JobEntry, args: argpa
                 f"unknown agent {', '.join(map(repr, unknown))} (known: {', '.join(known) or 'none found'})"
             )
         agents = [known[agent_id] for agent_id in dict.fromkeys(wanted)]
+    if args.file is not None and (len(args.agent or []) != 1 or not args.file or "/" in args.file):
+        raise UsageError("--file NAME needs one --agent ID, and NAME a file name of its sessions directory")
     endpoint = nexus.endpoint
     return Settings(
         job_id=job.job_id,
@@ -123,6 +129,7 @@ def load_settings(loaded: config.LoadedConfig, job: config.JobEntry, args: argpa
         retry_rejected=args.retry_rejected,
         store_root=nexus.store_root(state_dir),
         show_progress=not (args.json or args.debug),
+        only_file=args.file,
     )
 
 
@@ -141,28 +148,36 @@ def upload_all(settings: Settings, *, dry_run: bool) -> cli.RunSummary:
         )
         or {}
     )
-    converting = "agents" in document
-    markers = upload_markers.of_destination(document, destination(settings))
-    checkpoints = state.Checkpointer(markers_path)
+    markers = upload_markers.of_destination(
+        document, destination(settings), state_dir=settings.state_dir, job_id=settings.job_id
+    )
+    checkpoints = upload_markers.Checkpointer(markers_path, markers)
     prune = not dry_run and _prune_due(document, destination(settings), settings.retention_seconds)
-    checkpoints.pending_changes += (converting or prune) and not dry_run
-    plan = _scan(settings, markers, summary=summary, prune=prune)
-    checkpoints.pending_changes += plan.markers_changed and not dry_run
+    checkpoints.pending_changes += (markers.converting or prune) and not dry_run
+    if settings.only_file is not None:
+        checkpoints.pending_changes += _forget(settings, markers) and not dry_run
     entry = document["destinations"][destination(settings)]
     if dry_run:
-        for item in plan.items:
-            marker = markers[item.agent_id].get(item.name)
-            why = "changed since upload" if marker else item.origin
-            summary.would(f"would upload {item.agent_id}/{item.name} ({item.extent}, {why})")
-        summary.counts["wouldUpload"] = len(plan.items)
-        summary.standing = upload_markers.standing(markers)
-    else:
-        try:
+        summary.counts["wouldUpload"] = 0
+    try:
+        # One agent at a time: a run holds one agent's list of what is due, not every agent's.
+        for agent in settings.agents:
+            plan = _scan(settings, markers, agent, summary=summary, prune=prune)
+            checkpoints.pending_changes += plan.markers_changed and not dry_run
+            if dry_run:
+                _list(plan, markers, summary)
+                continue
             upload.send_all(
                 plan, settings=settings, summary=summary, markers=markers, document=document, checkpoints=checkpoints
             )
-        finally:
+            if summary.exit_code == Exit.UNAVAILABLE:
+                break  # the backend keeps failing: the other agents' transcripts wait for the next run
+    finally:
+        if dry_run:
+            summary.standing = upload_markers.standing(markers)
+        else:
             summary.standing = _standing(entry, markers, checkpoints)
+            summary.files = upload_markers.needing_the_operator(markers)
             checkpoints.flush(document)
     summary.details["store"] = _store_description(settings)
     _finish(summary)
@@ -186,7 +201,7 @@ def _warn_of_an_implicit_store(settings: Settings, summary: cli.RunSummary) -> N
 
 
 def _standing(
-    entry: dict[str, Any], markers: dict[str, upload_markers.AgentMarkers], checkpoints: state.Checkpointer
+    entry: dict[str, Any], markers: upload_markers.DestinationMarkers, checkpoints: state.Checkpointer
 ) -> dict[str, int]:
     """How many markers say uploaded, rejected, conflict: counted again only when a marker
     changed in this run (counting 100,000 markers is a fifth of a nothing-new run)."""
@@ -222,30 +237,62 @@ def _prune_due(document: dict[str, Any], where: str, retention_seconds: float) -
     if isinstance(last, (int, float)) and 0 <= now - last < min(PRUNE_INTERVAL_SECONDS, retention_seconds / 10):
         return False
     entry["prunedAt"] = now
-    return True
+    # A first run has nothing to forget (and need not hold every name it finds to see that).
+    return bool(entry["agents"] or entry["archived"])
 
 
 def _scan(
-    settings: Settings, markers: dict[str, upload_markers.AgentMarkers], *, summary: cli.RunSummary, prune: bool
+    settings: Settings,
+    markers: upload_markers.DestinationMarkers,
+    agent: Agent,
+    *,
+    summary: cli.RunSummary,
+    prune: bool,
 ) -> upload.Plan:
     plan = upload.Plan()
-    now_ns = time.time_ns()
-    for agent in settings.agents:
-        agent_markers = markers.setdefault(agent.agent_id, {})
-        found = transcripts.scan_agent(
-            agent,
-            agent_markers,
-            grace_seconds=settings.grace_seconds,
-            now_ns=now_ns,
-            retry_rejected=settings.retry_rejected,
-            retention_seconds=settings.retention_seconds,
-            summary=summary,
-            prune=prune,
-        )
-        plan.items.extend(found.items)
-        plan.settlements.extend((agent.agent_id, settlement) for settlement in found.settlements)
-        plan.markers_changed |= found.markers_changed
+    agent_markers = markers[agent.agent_id]
+    found = transcripts.scan_agent(
+        agent,
+        agent_markers,
+        grace_seconds=settings.grace_seconds,
+        now_ns=time.time_ns(),
+        retry_rejected=settings.retry_rejected,
+        retention_seconds=settings.retention_seconds,
+        summary=summary,
+        prune=prune,
+    )
+    agent_markers.shelf.release()
+    plan.items = found.items
+    if settings.only_file is not None:
+        plan.items = [item for item in plan.items if item.name == settings.only_file]
+        if not plan.items:
+            log.warning("%s/%s is not complete yet; not sent", agent.agent_id, settings.only_file)
+    plan.settlements.extend((agent.agent_id, settlement) for settlement in found.settlements)
+    plan.markers_changed = found.markers_changed
     return plan
+
+
+def _list(plan: upload.Plan, markers: upload_markers.DestinationMarkers, summary: cli.RunSummary) -> None:
+    """What a dry run would send."""
+    for item in plan.items:
+        marker = markers[item.agent_id].get(item.name)
+        why = "changed since upload" if marker else item.origin
+        summary.would(f"would upload {item.agent_id}/{item.name} ({item.extent}, {why})")
+    summary.counts["wouldUpload"] += len(plan.items)
+
+
+def _forget(settings: Settings, markers: upload_markers.DestinationMarkers) -> bool:
+    """Forget the marker of ``--file`` (so it is sent again); a name that is neither marked nor
+    in the sessions directory is a usage error. True if a marker was forgotten."""
+    agent, name = settings.agents[0], settings.only_file
+    assert name is not None
+    agent_markers = markers[agent.agent_id]
+    if name in agent_markers:
+        del agent_markers[name]
+        return True
+    if not (agent.sessions_dir / name).exists():
+        raise UsageError(f"--file {name}: no such file in {agent.sessions_dir}, and no marker of it")
+    return False
 
 
 def _store_description(settings: Settings) -> str:

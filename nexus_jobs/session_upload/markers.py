@@ -8,23 +8,27 @@ Markers belong to the destination they were sent to: switching the endpoint make
 complete transcript due again there. Markers of files gone for the retention period are
 forgotten, so the state does not grow without bound.
 
-The file: ``{"destinations": {"<destination>": {"agents": {"<agentId>": {"<name>": marker}}}}}``.
-The layout before destinations, ``{"agents": ...}``, is read as the current destination's.
+The markers document: ``{"destinations": {"<destination>": {"agents": {"<agentId>": {"<name>":
+marker}}, "archived": {"<agentId>": {"<period>": count}}}}}``; uploaded archives' markers are in
+files of their own per agent and period (:mod:`archived`), listed under ``archived``. The
+layouts before, one document with every marker (with or without ``destinations``), are read
+and converted once.
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from ..core import state
 from ..openclaw import files as openclaw
+from .archived import AgentMarkers, Shelf, SqliteRecords
 from .sqlite_era import Segment
 
 # What a run may send: a transcript file (JSONL era), or a segment (SQLite era).
 Item = openclaw.Transcript | Segment
-AgentMarkers = dict[str, dict[str, Any]]
 
 
 def shape_problem(document: dict[str, Any]) -> str | None:
@@ -37,6 +41,15 @@ def shape_problem(document: dict[str, Any]) -> str | None:
             if not isinstance(destination, dict):
                 return "a destination is not an object"
             layouts.append(destination.get("agents", {}))
+            archived = destination.get("archived", {})
+            if not isinstance(archived, dict) or not all(
+                isinstance(periods, dict) and all(type(count) is int for count in periods.values())
+                for periods in archived.values()
+            ):
+                return "archived is not an object of objects of counts"
+            listed = destination.get("sqlite", {})
+            if not isinstance(listed, dict) or not all(type(count) is int for count in listed.values()):
+                return "sqlite is not an object of counts"
     if "agents" in document:
         layouts.append(document["agents"])
     for agents in layouts:
@@ -48,15 +61,67 @@ def shape_problem(document: dict[str, Any]) -> str | None:
     return None
 
 
-def of_destination(document: dict[str, Any], destination: str) -> dict[str, AgentMarkers]:
+class DestinationMarkers(dict[str, AgentMarkers]):
+    """The agents' markers for one destination; an agent's are read on first use."""
+
+    def __init__(self, entry: dict[str, Any], *, state_dir: Path, job_id: str, destination: str) -> None:
+        super().__init__()
+        self.entry = entry
+        self.state_dir, self.job_id, self.destination = state_dir, job_id, destination
+        self.converting = "archived" not in entry
+        self.archived: dict[str, dict[str, int]] = entry.setdefault("archived", {})
+        self.sqlite: dict[str, int] = entry.setdefault("sqlite", {})
+
+    def __missing__(self, agent_id: str) -> AgentMarkers:
+        plain = self.entry["agents"].setdefault(agent_id, {})
+        periods = self.archived.setdefault(agent_id, {})
+        shelf = Shelf(self.state_dir, self.job_id, self.destination, agent_id, periods)
+        sqlite = SqliteRecords(self.state_dir / f"{shelf.prefix}sqlite.json", self.sqlite, agent_id)
+        markers = AgentMarkers(plain, shelf, sqlite)
+        if self.converting:
+            markers.adopt()
+        self[agent_id] = markers
+        return markers
+
+    def load_all(self) -> None:
+        for agent_id in [*self.entry["agents"], *self.archived]:
+            self[agent_id]  # reads it
+
+    def save_shelves(self) -> None:
+        for markers in self.values():
+            markers.shelf.save()
+            markers.sqlite.save()
+        for agent_id in [agent_id for agent_id, periods in self.archived.items() if not periods]:
+            del self.archived[agent_id]
+
+
+class Checkpointer(state.Checkpointer):
+    """Saves the shelves' changed periods, then the markers document (``archived``)."""
+
+    def __init__(self, path: Path, markers: DestinationMarkers) -> None:
+        super().__init__(path)
+        self.markers = markers
+
+    def flush(self, document: dict[str, Any]) -> None:
+        if self.pending_changes:
+            self.markers.save_shelves()
+        super().flush(document)
+
+
+def of_destination(document: dict[str, Any], destination: str, *, state_dir: Path, job_id: str) -> DestinationMarkers:
     """The agents' markers for ``destination``; the layout before destinations becomes the
-    current destination's (converted once: the next save writes the new layout)."""
+    current destination's, and markers that belong on a shelf move there (converted once: the
+    next save writes the new layout)."""
     destinations = document.setdefault("destinations", {})
     legacy = document.pop("agents", None)
     if legacy and destination not in destinations:
         destinations[destination] = {"agents": legacy}
-    entry: dict[str, AgentMarkers] = destinations.setdefault(destination, {}).setdefault("agents", {})
-    return entry
+    entry = destinations.setdefault(destination, {})
+    entry.setdefault("agents", {})
+    markers = DestinationMarkers(entry, state_dir=state_dir, job_id=job_id, destination=destination)
+    if markers.converting:
+        markers.load_all()
+    return markers
 
 
 def new_marker(item: Item, *, status: str, response: str, sha256: str | None) -> dict[str, Any]:
@@ -75,7 +140,7 @@ class SentDigests:
 
     def __init__(self, agent_markers: AgentMarkers) -> None:
         self.by_session: dict[str, set[str]] = {}
-        for marker in agent_markers.values():
+        for _, marker in agent_markers.documented():  # a shelved archive has no session
             if marker.get("status") == "uploaded" and isinstance(marker.get("sha256"), str):
                 self.add(marker.get("session"), marker["sha256"])
         self.agent_markers = agent_markers
@@ -93,12 +158,14 @@ class SentDigests:
         return frozenset(digests)
 
 
-def done_check(agent_markers: dict[str, dict[str, Any]], *, retry_rejected: bool) -> Callable[[str, int, int], bool]:
+def done_check(agent_markers: AgentMarkers, *, retry_rejected: bool) -> Callable[[str, int, int], bool]:
     """Whether a file needs nothing: its marker has the same size and mtime (so it is not even
     read again) and says uploaded, or rejected when rejected files are not being retried."""
 
+    plain = agent_markers.plain
+
     def is_done(name: str, size: int, mtime_ns: int) -> bool:
-        marker = agent_markers.get(name)
+        marker = plain.get(name)
         if marker is None or marker.get("size") != size or marker.get("mtimeNs") != mtime_ns:
             return False
         return marker.get("status") == "uploaded" or not retry_rejected
@@ -106,16 +173,28 @@ def done_check(agent_markers: dict[str, dict[str, Any]], *, retry_rejected: bool
     return is_done
 
 
-def prune(agent_markers: AgentMarkers, *, names: set[str], sessions: set[str], retention_seconds: float) -> bool:
-    """Forget markers of files (``names`` are there) and of sessions' segments and records
-    (``sessions`` are there) gone for the retention period; True if anything changed."""
+def prune(
+    agent_markers: AgentMarkers,
+    *,
+    names: set[str],
+    gone_archives: list[str],
+    sessions: set[str],
+    retention_seconds: float,
+) -> bool:
+    """Forget markers of files (``names`` are there; of the shelved archives, ``gone_archives``
+    are not) and of sessions' segments and records (``sessions`` are there) gone for the
+    retention period; True if anything changed. A gone archive's marker leaves its shelf."""
     changed = False
     now = time.time()
-    for name, marker in list(agent_markers.items()):
+    for name in gone_archives:
+        agent_markers[name] = {**agent_markers[name], "goneSince": now}
+        changed = True
+    for name, marker in agent_markers.documented():
         gone_since = marker.get("goneSince")
         if name in names or marker.get("session", "") in sessions:
             if gone_since is not None:
                 del marker["goneSince"]
+                agent_markers[name] = marker  # back on its shelf, if it belongs there
                 changed = True
         elif gone_since is None:
             marker["goneSince"] = now
@@ -135,10 +214,25 @@ def describe_change(marker: dict[str, Any], item: Item) -> str:
 def standing(markers: dict[str, AgentMarkers]) -> dict[str, int]:
     standing = {"uploaded": 0, "rejected": 0, "conflict": 0}
     for agent_markers in markers.values():
-        for marker in agent_markers.values():
+        standing["uploaded"] += agent_markers.shelf.count()
+        for _, marker in agent_markers.documented():
             if marker.get("status") in standing and "goneSince" not in marker:
                 standing[marker["status"]] += 1
     return {"uploaded": standing["uploaded"], "rejected": standing["rejected"], "conflicts": standing["conflict"]}
+
+
+def needing_the_operator(markers: dict[str, AgentMarkers]) -> dict[str, list[dict[str, str]]]:
+    """The rejected and conflicting files and segments, with the reason of each (the run
+    record's ``files``, listed by ``nexus-jobs status --files``): only the document holds
+    them, never a shelf."""
+    files: dict[str, list[dict[str, str]]] = {"rejected": [], "conflicts": []}
+    kinds = {"rejected": "rejected", "conflict": "conflicts"}
+    for agent_id, agent_markers in markers.items():
+        for name, marker in agent_markers.plain.items():
+            kind = kinds.get(str(marker.get("status")))
+            if kind is not None and "goneSince" not in marker:
+                files[kind].append({"name": f"{agent_id}/{name}", "reason": str(marker.get("response", ""))})
+    return {kind: sorted(items, key=lambda item: item["name"]) for kind, items in files.items()}
 
 
 def _now() -> str:

@@ -7,6 +7,7 @@ repeated instead. A full scan happens at least hourly anyway.
 
 from __future__ import annotations
 
+from collections.abc import MutableMapping
 from typing import Any
 
 from ..cli import frame as cli
@@ -20,7 +21,9 @@ COUNTED = ("unchanged", "waiting")
 class LastScan:
     """What the last full scan of one agent database found, and this one's bookkeeping."""
 
-    def __init__(self, agent_markers: dict[str, dict[str, Any]], files: list[int] | None, now_ms: int) -> None:
+    def __init__(
+        self, agent_markers: MutableMapping[str, dict[str, Any]], files: list[int] | None, now_ms: int
+    ) -> None:
         self.markers = agent_markers
         self.files = files
         self.now_ms = now_ms

@@ -24,3 +24,5 @@ class Settings:
     retry_rejected: bool
     store_root: Path | None
     show_progress: bool
+    # --file: forget this one marker (of the one agent) and send only it, if complete.
+    only_file: str | None = None

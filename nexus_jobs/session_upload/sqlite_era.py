@@ -21,13 +21,14 @@ from ..openclaw import archives, segments
 from ..openclaw import database as openclaw_db
 from ..openclaw import files as openclaw
 from ..openclaw.agents import Agent
-from . import quiet
+from . import archived, quiet
+from .archived import AgentMarkers
 
 log = logging.getLogger("nexus_jobs")
-SESSION_RECORD_PREFIX = "session:"
+SESSION_RECORD_PREFIX = archived.SESSION_RECORD_PREFIX
 SETTLED_STATUSES = ("uploaded", "rejected", "conflict")
 # An archive all of whose segments have an answer (they carry the status, not the archive).
-COVERED = "covered"
+COVERED = archived.COVERED
 FINGERPRINT_KEYS = ("size", "mtimeNs", "rows", "lastSeq", "settled")
 
 
@@ -95,7 +96,7 @@ class DatabasePart:
 
 def scan(
     agent: Agent,
-    agent_markers: dict[str, dict[str, Any]],
+    agent_markers: AgentMarkers,
     *,
     archives: list[openclaw.Transcript],
     grace_seconds: float,
@@ -117,7 +118,7 @@ def scan(
         part.found, part.sessions = True, None
         return part
     try:
-        found = openclaw_db.scan(database)
+        found = openclaw_db.scan(database, _settled(agent_markers, retry_rejected=retry_rejected))
     except openclaw_db.DatabaseBusy as error:
         log.warning("%s: %s; its database is skipped until the next run", where, error)
         summary.details.setdefault("databasesBusy", []).append(agent.agent_id)
@@ -159,6 +160,20 @@ def scan(
     return part
 
 
+def _settled(agent_markers: AgentMarkers, *, retry_rejected: bool) -> openclaw_db.Settled:
+    """The sessions whose records say all their events were dealt with (see _Planner.session):
+    the database does not read their events' times again while they are unchanged."""
+    if retry_rejected:
+        return {}
+    settled: openclaw_db.Settled = {}
+    for key, record in agent_markers.documented():
+        if key.startswith(SESSION_RECORD_PREFIX) and record.get("settled"):
+            rows, last_seq = record.get("rows"), record.get("lastSeq")
+            if isinstance(rows, int) and isinstance(last_seq, int):
+                settled[key[len(SESSION_RECORD_PREFIX) :]] = (rows, last_seq)
+    return settled
+
+
 def _last_complete(session: openclaw_db.SessionRow, *, now_ms: int, grace_ms: float) -> bool:
     """The last segment of a session is complete when no key uses the session any more, or
     its key is one OpenClaw never continues and its run ended; and nothing was added for the
@@ -174,7 +189,7 @@ class _Planner:
     def __init__(
         self,
         agent: Agent,
-        agent_markers: dict[str, dict[str, Any]],
+        agent_markers: AgentMarkers,
         *,
         database: Path,
         retry_rejected: bool,
@@ -195,7 +210,7 @@ class _Planner:
         if self._sent is None:
             self._sent = {}
             counted = ("uploaded",) if self.retry_rejected else SETTLED_STATUSES
-            for marker in self.markers.values():
+            for _, marker in self.markers.documented():  # a shelved archive's marker has no events
                 if marker.get("status") in counted and isinstance(marker.get("first"), str):
                     self._sent.setdefault(str(marker.get("session")), {})[marker["first"]] = str(marker.get("last"))
         return self._sent.setdefault(session_id, {})
@@ -376,7 +391,7 @@ def read_segment(segment: Segment) -> bytes:
     return b"".join(line + b"\n" for line in (lines[0], *body))
 
 
-def settle(settlements: list[Settlement], agent_markers: dict[str, dict[str, Any]]) -> bool:
+def settle(settlements: list[Settlement], agent_markers: AgentMarkers) -> bool:
     """Save the records whose segments all have an answer; True if anything was saved."""
     changed = False
     for settlement in settlements:

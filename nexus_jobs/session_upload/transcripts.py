@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import codecs
 import logging
+import os
 from dataclasses import dataclass, field
-from typing import Any
 
 from ..cli import frame as cli
 from ..nexus.sessions import REJECTED, StoreAnswer, Upload
@@ -19,6 +19,7 @@ from ..openclaw import files as openclaw
 from ..openclaw.agents import Agent
 from . import markers as upload_markers
 from . import quiet, sqlite_era
+from .archived import AgentMarkers
 from .markers import Item
 
 READ_CHUNK_BYTES = 1 << 20
@@ -39,7 +40,7 @@ class AgentScan:
 
 def scan_agent(
     agent: Agent,
-    agent_markers: dict[str, dict[str, Any]],
+    agent_markers: AgentMarkers,
     *,
     grace_seconds: float,
     now_ns: int,
@@ -59,6 +60,8 @@ def scan_agent(
             grace_seconds=grace_seconds,
             now_ns=now_ns,
             is_done=upload_markers.done_check(agent_markers, retry_rejected=retry_rejected),
+            archived=agent_markers.shelf.done,
+            list_present=prune,
         )
     except FileNotFoundError as error:
         files = openclaw.Scan()  # an agent of the SQLite era may have no sessions directory
@@ -106,10 +109,20 @@ def scan_agent(
         result.markers_changed |= upload_markers.prune(
             agent_markers,
             names=files.present | database.archive_names | records,
+            gone_archives=_gone_archives(agent, agent_markers, seen=files.archived_seen),
             sessions=database.sessions,
             retention_seconds=retention_seconds,
         )
     return result
+
+
+def _gone_archives(agent: Agent, agent_markers: AgentMarkers, *, seen: int) -> list[str]:
+    """The shelved archives no longer in the sessions directory: none when the scan saw as
+    many as there are (the usual case: no name is held twice over)."""
+    done = agent_markers.shelf.done
+    if seen >= len(done):
+        return []
+    return [name for name in done if not os.path.lexists(os.path.join(agent.sessions_dir, name))]
 
 
 def read_item(item: Item, *, max_bytes: int) -> Upload | StoreAnswer:

@@ -14,6 +14,7 @@ from ..core import state
 from ..core.errors import AuthError
 from ..core.exits import Exit
 from ..nexus import sessions as nexus_sessions
+from ..nexus import settings as nexus_settings
 from ..nexus.sessions import ALREADY_STORED, CONFLICT, FAILED, REFUSED, REJECTED, STORED, StoreAnswer
 from . import markers as upload_markers
 from . import sqlite_era, transcripts
@@ -25,6 +26,8 @@ if TYPE_CHECKING:
     from .settings import Settings
 
 log = logging.getLogger("nexus_jobs")
+# The sessions route is not there: the endpoint is wrong, for every file alike (exit 78).
+WRONG_PATH = 404
 
 
 @dataclass
@@ -114,7 +117,7 @@ def _send_concurrently(
                     _record(sent, item, markers=markers, summary=summary)
                     if isinstance(item, sqlite_era.Segment) and sent.sha256:
                         digests[item.agent_id].add(item.session_id, sent.sha256)
-                    if sent.answer.kind == REFUSED:
+                    if sent.answer.kind == REFUSED or sent.answer.http_status == WRONG_PATH:
                         refused = sent.answer
                     failures_in_a_row = failures_in_a_row + 1 if sent.answer.kind == FAILED else 0
                     answered += sent.answer.kind not in (FAILED, transcripts.UNREADABLE)
@@ -123,6 +126,11 @@ def _send_concurrently(
             bar.close()
             store.close()
     left = pending.left()
+    if refused is not None and refused.http_status == WRONG_PATH:
+        url = store.url if isinstance(store, nexus_sessions.HttpSessionStore) else store.location
+        error = nexus_settings.answer_error(WRONG_PATH, b"", url=url, what="uploading transcripts")
+        assert error is not None
+        raise error
     if refused is not None:
         raise AuthError(f"{refused.detail}; stopped ({left} transcript(s) left for the next run)")
     if failures_in_a_row >= give_up_after or (failures_in_a_row and not answered):
@@ -200,7 +208,7 @@ def _record(
         summary.failures.append(f"{where}: conflict: {answer.detail}")
         log.error("%s", summary.failures[-1])
         status = "conflict"
-    elif answer.kind == REFUSED:
+    elif answer.kind == REFUSED or answer.http_status == WRONG_PATH:
         return  # the run stops; nothing is said of the item
     else:
         counts["failed"] += 1
