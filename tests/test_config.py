@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from nexus_jobs.core import config
+from nexus_jobs.core import config, statedir
 from nexus_jobs.core.errors import ConfigError
 from nexus_jobs.nexus import settings as nexus_settings
 from nexus_jobs.openclaw import agents as openclaw_agents
@@ -120,18 +120,18 @@ def test_duplicate_job_ids_and_job_selection(tmp_path: Path) -> None:
 def test_state_dir_order(tmp_path: Path) -> None:
     path = write(tmp_path / "etc" / "config.json", {"stateDir": "relative-state"})
     loaded = config.load(config_flag=str(path), environ={"HOME": str(tmp_path)})
-    assert config.resolve_state_dir(flag=None, loaded=loaded) == tmp_path / "etc" / "relative-state"
-    assert config.resolve_state_dir(flag="/x/flag", loaded=loaded) == Path("/x/flag")
+    assert statedir.resolve_state_dir(flag=None, loaded=loaded) == tmp_path / "etc" / "relative-state"
+    assert statedir.resolve_state_dir(flag="/x/flag", loaded=loaded) == Path("/x/flag")
     bare = write(tmp_path / "etc2" / "config.json", {})
     loaded = config.load(
         config_flag=str(bare), environ={"HOME": str(tmp_path), "STATE_DIRECTORY": "/var/lib/a:/var/lib/b"}
     )
-    assert config.resolve_state_dir(flag=None, loaded=loaded) == Path("/var/lib/a")
+    assert statedir.resolve_state_dir(flag=None, loaded=loaded) == Path("/var/lib/a")
     # Never beside the config file: adding a config must not move the state (docs/operating.md).
     loaded = config.load(config_flag=str(bare), environ={"HOME": str(tmp_path)})
-    assert config.resolve_state_dir(flag=None, loaded=loaded) == tmp_path / ".local" / "state" / "nexus-jobs"
+    assert statedir.resolve_state_dir(flag=None, loaded=loaded) == tmp_path / ".local" / "state" / "nexus-jobs"
     nothing = config.LoadedConfig(path=None, data={}, env={"HOME": str(tmp_path)})
-    assert config.resolve_state_dir(flag=None, loaded=nothing) == tmp_path / ".local" / "state" / "nexus-jobs"
+    assert statedir.resolve_state_dir(flag=None, loaded=nothing) == tmp_path / ".local" / "state" / "nexus-jobs"
 
 
 def test_flag_and_environment_state_dirs_are_relative_to_the_working_directory(
@@ -140,7 +140,7 @@ def test_flag_and_environment_state_dirs_are_relative_to_the_working_directory(
     monkeypatch.chdir(tmp_path)
     path = write(tmp_path / "demo" / "config.json", {})
     loaded = config.load(config_flag=str(path), environ={"HOME": str(tmp_path)})
-    assert config.resolve_state_dir(flag="demo/state", loaded=loaded) == tmp_path / "demo" / "state"
+    assert statedir.resolve_state_dir(flag="demo/state", loaded=loaded) == tmp_path / "demo" / "state"
 
 
 def test_state_of_the_old_default_beside_the_config_is_moved_once(
@@ -151,16 +151,16 @@ def test_state_of_the_old_default_beside_the_config_is_moved_once(
     write(old / "session-upload.json", {"version": 1, "runs": 3})
     write(old / "session-upload.markers.json", {"version": 1, "agents": {}})
     loaded = config.load(config_flag=str(path), environ={"HOME": str(tmp_path)})
-    assert config.resolve_state_dir(flag=None, loaded=loaded, adopt_old_state=False) != old
+    assert statedir.resolve_state_dir(flag=None, loaded=loaded, adopt_old_state=False) != old
     assert old.is_dir(), "check-config looks without moving anything"
-    new = config.resolve_state_dir(flag=None, loaded=loaded)
+    new = statedir.resolve_state_dir(flag=None, loaded=loaded)
     assert sorted(p.name for p in new.iterdir()) == ["session-upload.json", "session-upload.markers.json"]
     assert json.loads((new / "session-upload.json").read_text())["runs"] == 3
     assert not old.exists()
     moved = [r.getMessage() for r in caplog.records if "moved the state" in r.getMessage()]
     assert len(moved) == 1 and str(old) in moved[0] and str(new) in moved[0]
     caplog.clear()
-    assert config.resolve_state_dir(flag=None, loaded=loaded) == new
+    assert statedir.resolve_state_dir(flag=None, loaded=loaded) == new
     assert not caplog.records
 
 
@@ -171,7 +171,7 @@ def test_old_state_that_cannot_be_moved_is_a_config_error_naming_both_paths(tmp_
     blocker.write_text("")
     loaded = config.load(config_flag=str(path), environ={"HOME": str(tmp_path), "XDG_STATE_HOME": str(blocker)})
     with pytest.raises(ConfigError, match=r"cannot move it to .*--state-dir"):
-        config.resolve_state_dir(flag=None, loaded=loaded)
+        statedir.resolve_state_dir(flag=None, loaded=loaded)
     assert (tmp_path / "etc" / "state" / "job.json").is_file()
 
 

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..core import config
+from ..core import config, statedir
 from ..core.errors import ConfigError
 from ..core.secrets import register_secret
 
@@ -244,7 +244,7 @@ def load(args: argparse.Namespace, loaded: config.LoadedConfig, *, token_flag: s
         raise ConfigError(problems)
     values["server_url"] = values["server_url"].rstrip("/")
     assert loaded.env_file is not None
-    state_dir = config.resolve_state_dir(flag=getattr(args, "state_dir", None), loaded=loaded)
+    state_dir = statedir.resolve_state_dir(flag=getattr(args, "state_dir", None), loaded=loaded)
     return Settings(**values, env_file=loaded.env_file, state_dir=state_dir)
 
 

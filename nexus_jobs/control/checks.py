@@ -18,7 +18,7 @@ from typing import Any
 
 from ..cli import frame as cli
 from ..cli.summary import result_object
-from ..core import config
+from ..core import config, statedir
 from ..core.config import JobEntry
 from ..core.errors import ConfigError, JobError
 from ..core.exits import Exit, worst
@@ -101,10 +101,10 @@ def _all_checks(args: argparse.Namespace) -> Any:
             for problem in error.problems:
                 yield Check("FAIL", f"job {entry.job_id}", problem, Exit.CONFIG)
     try:
-        state_dir = config.resolve_state_dir(flag=args.state_dir, loaded=loaded, adopt_old_state=False)
+        state_dir = statedir.resolve_state_dir(flag=args.state_dir, loaded=loaded, adopt_old_state=False)
         yield _check_state_dir(state_dir)
-        old = config.old_state_dir(loaded)
-        if old is not None and state_dir == config.default_state_dir(loaded):
+        old = statedir.old_state_dir(loaded)
+        if old is not None and state_dir == statedir.default_state_dir(loaded):
             yield Check("warn", "state directory", f"{old} holds state of an earlier release; the next run moves it")
     except ConfigError as error:
         yield Check("FAIL", "state directory", str(error), Exit.CONFIG)

@@ -24,7 +24,7 @@ from typing import Any
 from .. import __version__
 from ..cli import frame as cli
 from ..cli.summary import result_object
-from ..core import config, state
+from ..core import config, state, statedir
 from ..core.config import JobEntry
 from ..core.exits import Exit, word_of, worst
 from ..core.stopping import Terminated
@@ -66,7 +66,7 @@ def run(args: argparse.Namespace) -> int:
     if args.command == "check-config":
         return jobs_checks.check_config(args)
     loaded = config.load(config_flag=args.config, env_file_flag=args.env_file)
-    state_dir = config.resolve_state_dir(flag=args.state_dir, loaded=loaded)
+    state_dir = statedir.resolve_state_dir(flag=args.state_dir, loaded=loaded)
     if args.command == "status":
         return status_view.show(loaded, state_dir, args)
     return run_due(loaded, state_dir, args)

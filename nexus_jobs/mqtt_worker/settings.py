@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
-from ..core import config
+from ..core import config, statedir
 from ..core.config import Option
 from ..core.errors import ConfigError
 from ..core.secrets import redact, register_secret
@@ -203,7 +203,7 @@ def load_settings(args: argparse.Namespace) -> Settings:
         connect_timeout_seconds=values["connectTimeoutSeconds"],
         job_timeout_seconds=values["jobTimeoutSeconds"],
         job_log_max_bytes=values["jobLogMaxBytes"],
-        state_dir=config.resolve_state_dir(flag=getattr(args, "state_dir", None), loaded=loaded),
+        state_dir=statedir.resolve_state_dir(flag=getattr(args, "state_dir", None), loaded=loaded),
     )
 
 

@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from ..cli import frame as cli
-from ..core import config, state
+from ..core import config, state, statedir
 from ..core.errors import UsageError
 from ..core.exits import Exit
 from ..nexus import settings as nexus_settings
@@ -102,7 +102,7 @@ def load_settings(loaded: config.LoadedConfig, job: config.JobEntry, args: argpa
             OPTIONS, loaded=loaded, section=job.config, section_path=f"{job.key_path}.config", flags=flags
         ),
     )
-    state_dir = config.resolve_state_dir(flag=args.state_dir, loaded=loaded)
+    state_dir = statedir.resolve_state_dir(flag=args.state_dir, loaded=loaded)
     agents = agents_of(loaded)
     wanted = list(args.agent or own["agents"])
     if wanted:

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from ..cli import frame as cli
-from ..core import config, http, processes, state
+from ..core import config, http, processes, state, statedir
 from ..core.config import Option
 from ..core.errors import BackendUnavailable, ConfigError
 from ..core.exits import Exit
@@ -96,7 +96,7 @@ def run(args: argparse.Namespace) -> int:
         lambda: nexus_settings.resolve(loaded, flags), lambda: resolve_job_options(loaded, job, flags)
     )
     register_secret(options["hooksToken"])
-    state_dir = config.resolve_state_dir(flag=args.state_dir, loaded=loaded)
+    state_dir = statedir.resolve_state_dir(flag=args.state_dir, loaded=loaded)
     settings = Settings(
         job_id=job.job_id,
         state_dir=state_dir,
