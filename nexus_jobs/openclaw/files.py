@@ -180,16 +180,41 @@ def scan(
                 result.unchanged += 1
             else:
                 result.complete.append(_transcript(entry, name, info, agent_id, directory, sys.intern(reason)))
-    if not plain:
-        return result
+    if plain:
+        _classify_plain(
+            plain,
+            result,
+            sessions_dir=sessions_dir,
+            locks=locks,
+            agent_id=agent_id,
+            grace_ns=int(grace_seconds * 1e9),
+            now_ns=now_ns,
+            is_done=is_done,
+        )
+    return result
+
+
+def _classify_plain(
+    plain: list[tuple[os.DirEntry[str], str, str]],
+    result: Scan,
+    *,
+    sessions_dir: Path,
+    locks: set[str],
+    agent_id: str,
+    grace_ns: int,
+    now_ns: int,
+    is_done: Callable[[str, int, int], bool],
+) -> None:
+    """The plain ``.jsonl`` files of a scan: live (the index names them), locked, unchanged,
+    within the grace period, or complete."""
     index = read_index(sessions_dir)
     if isinstance(index, str):
         # Without the index we cannot tell live transcripts from orphans: upload none.
         result.index_problem = index
         result.without_index = len(plain)
-        return result
+        return
     live_ids, live_files = index
-    grace_ns = int(grace_seconds * 1e9)
+    directory = os.fspath(sessions_dir)
     for entry, name, session_id in plain:
         if session_id in live_ids or name in live_files:
             result.live += 1
@@ -203,7 +228,6 @@ def scan(
                 result.in_grace += 1
             else:
                 result.complete.append(_transcript(entry, name, info, agent_id, directory, None))
-    return result
 
 
 def _transcript(

@@ -104,16 +104,28 @@ def scan_agent(
     result.settlements = database.settlements
     result.markers_changed = database.markers_changed
     if prune and database.sessions is not None:
-        records = {sqlite_era.SESSION_RECORD_PREFIX + session_id for session_id in database.sessions}
-        records.add(quiet.QUIET_KEY)
-        result.markers_changed |= upload_markers.prune(
-            agent_markers,
-            names=files.present | database.archive_names | records,
-            gone_archives=_gone_archives(agent, agent_markers, seen=files.archived_seen),
-            sessions=database.sessions,
-            retention_seconds=retention_seconds,
-        )
+        result.markers_changed |= _prune(agent, agent_markers, files, database, retention_seconds)
     return result
+
+
+def _prune(
+    agent: Agent,
+    agent_markers: AgentMarkers,
+    files: openclaw.Scan,
+    database: sqlite_era.DatabasePart,
+    retention_seconds: float,
+) -> bool:
+    """Forget markers of what has been gone for the retention period; True when any went."""
+    assert database.sessions is not None
+    records = {sqlite_era.SESSION_RECORD_PREFIX + session_id for session_id in database.sessions}
+    records.add(quiet.QUIET_KEY)
+    return upload_markers.prune(
+        agent_markers,
+        names=files.present | database.archive_names | records,
+        gone_archives=_gone_archives(agent, agent_markers, seen=files.archived_seen),
+        sessions=database.sessions,
+        retention_seconds=retention_seconds,
+    )
 
 
 def _gone_archives(agent: Agent, agent_markers: AgentMarkers, *, seen: int) -> list[str]:
