@@ -9,6 +9,8 @@ from pathlib import Path
 from ..nexus.settings import NexusSettings
 from ..openclaw.agents import Agent
 
+JOB_TYPE = "session_upload"
+
 
 @dataclass(frozen=True)
 class Settings:
