@@ -31,20 +31,13 @@ import tempfile
 from pathlib import Path
 
 from bench.common import BIN, env_for, fmt_ratio, median, receiver, report
+from bench.p2_nothing_new import SELECT_AND_WALK
 
 WALK = (
     "import os, sys\n"
     "for directory in sys.argv[1:]:\n"
     "    for entry in os.scandir(directory):\n"
     "        entry.stat(follow_symlinks=False)\n"
-)
-SELECT_AND_WALK = (
-    "import os, sqlite3, sys\n"
-    "connection = sqlite3.connect(f'file:{sys.argv[2]}?mode=ro&immutable=1', uri=True)\n"
-    "for row in connection.execute('SELECT session_id FROM transcript_events'):\n"
-    "    pass\n"
-    "for entry in os.scandir(sys.argv[1]):\n"
-    "    entry.stat(follow_symlinks=False)\n"
 )
 # Runs a command, prints its wall time and its peak RSS in KB (of the child alone).
 MEASURE = (
