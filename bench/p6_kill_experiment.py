@@ -22,19 +22,16 @@ import signal
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
-from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-import paho.mqtt.client as mqtt  # noqa: E402
 
 from bench.p6_mqtt_cycle import publish_pointer  # noqa: E402
-from tests.mosquitto_server import MosquittoServer  # noqa: E402
+from tests.mosquitto_server import MosquittoServer, ResultListener  # noqa: E402
 
 WORKER = Path(sys.executable).parent / "mqtt-job-worker"
 
@@ -57,25 +54,6 @@ def alive(pid: int) -> bool:
     return state != "Z"
 
 
-class Results:
-    def __init__(self, server: MosquittoServer) -> None:
-        self.by_id: dict[str, list[dict[str, Any]]] = {}
-        self.lock = threading.Lock()
-        ready = threading.Event()
-        self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
-        self.client.on_message = self._on_message
-        self.client.on_subscribe = lambda *args: ready.set()
-        self.client.connect(server.host, server.port)
-        self.client.subscribe("jobs/results/#", qos=1)
-        self.client.loop_start()
-        assert ready.wait(10)
-
-    def _on_message(self, client: Any, userdata: Any, message: Any) -> None:
-        document = json.loads(message.payload)
-        with self.lock:
-            self.by_id.setdefault(document["id"], []).append(document)
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--jobs", type=int, default=10)
@@ -91,7 +69,7 @@ def main() -> int:
         env.update(MQTT_URL=server.url, JOBS_ROOT=str(data), WORKER_ID="kill-worker", HOME=str(scratch))
         env["NEXUS_STATE_DIR"] = str(scratch / "state")
         subprocess.run([str(WORKER), "--wait-timeout", "0.1"], env=env, check=True)
-        results = Results(server)
+        results = ResultListener(server)
         names = [f"job_{n}" for n in range(args.jobs)]
         for name in names:
             (data / name).mkdir()
@@ -130,7 +108,7 @@ def main() -> int:
             job_ends = sum(line.startswith("end ") for line in log)
             ends += job_ends
             twice_concurrent += sum(line.startswith("CONCURRENT") for line in log)
-            if not results.by_id.get(name) or results.by_id[name][-1]["status"] != "success":
+            if not results.results.get(name) or results.results[name][-1]["status"] != "success":
                 lost.append(name)
             leftovers += sum(alive(int(pid)) for pid in _lines(data / name / "pids"))
         print(f"kill -9 experiment: {args.jobs} jobs, {args.kills} workers killed at random moments")

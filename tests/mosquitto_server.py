@@ -9,20 +9,24 @@ find the queued messages and sessions again. Usable without pytest (``bench/`` i
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import pwd
 import shutil
 import signal
 import socket
 import subprocess
+import threading
 import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
+import paho.mqtt.client as mqtt
 import pytest
 
-from tests.conftest import free_port
+from tests.conftest import free_port, wait_until
 
 STARTUP_DEADLINE_SECONDS = 10.0
 STOP_DEADLINE_SECONDS = 10.0
@@ -218,3 +222,40 @@ def mosquitto_factory(tmp_path: Path) -> Iterator[object]:
     yield start
     for server in servers:
         server.stop()
+
+
+class ResultListener:
+    """A controller subscribed to every result topic, collecting results by job id."""
+
+    def __init__(
+        self, server: MosquittoServer, *, topic: str = "jobs/results/#", result_topic: str = "jobs/results/{id}"
+    ) -> None:
+        self.result_topic = result_topic
+        self.results: dict[str, list[dict[str, Any]]] = {}
+        self.lock = threading.Lock()
+        subscribed = threading.Event()
+        self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
+        self.client.on_message = self._on_message
+        self.client.on_subscribe = lambda *args: subscribed.set()
+        self.client.connect(server.host, server.port)
+        self.client.subscribe(topic, qos=1)
+        self.client.loop_start()
+        assert subscribed.wait(10), "result listener not subscribed"
+
+    def _on_message(self, client: Any, userdata: Any, message: Any) -> None:
+        document = json.loads(message.payload)
+        assert message.topic == self.result_topic.replace("{id}", document["id"])
+        with self.lock:
+            self.results.setdefault(document["id"], []).append(document)
+
+    def wait_for(self, job_id: str, *, count: int = 1, deadline_seconds: float = 10.0) -> dict[str, Any]:
+        wait_until(
+            lambda: len(self.results.get(job_id, [])) >= count,
+            deadline_seconds=deadline_seconds,
+            what=f"{count} result(s) of {job_id}",
+        )
+        return self.results[job_id][-1]
+
+    def close(self) -> None:
+        self.client.disconnect()
+        self.client.loop_stop()

@@ -261,6 +261,19 @@ class SessionWriter:
         return self.clock_ms
 
 
+def session_with_an_untimed_boundary() -> tuple[SessionWriter, str]:
+    """A session whose reset boundary lost its timestamp, then a live turn; and the name its
+    closed segment must get (from the boundary's event id)."""
+    writer = SessionWriter(new_session_id())
+    writer.turn("one")
+    writer.boundary("reset")
+    boundary = json.loads(writer.lines[-1])
+    del boundary["timestamp"]
+    writer.lines[-1] = json.dumps(boundary)
+    writer.turn("live")
+    return writer, f"{writer.session_id}.jsonl.reset.event-{boundary['id']}"
+
+
 def add_session(
     connection: sqlite3.Connection,
     writer: SessionWriter,

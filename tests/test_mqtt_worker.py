@@ -25,49 +25,12 @@ from nexus_jobs.mqtt_worker import command as mqtt_job_worker
 from tests import corpus
 from tests.conftest import assert_clean_failure, free_port, run_cli, script, wait_until
 from tests.corpus import deep_json
-from tests.mosquitto_server import MosquittoServer, make_tls_files
+from tests.mosquitto_server import MosquittoServer, ResultListener, make_tls_files
 
 WORKER = "mqtt-job-worker"
 
 
 # --- helpers: a controller's side of the contract -------------------------------------
-
-
-class ResultListener:
-    """A controller subscribed to every result topic, collecting results by job id."""
-
-    def __init__(
-        self, server: MosquittoServer, *, topic: str = "jobs/results/#", result_topic: str = "jobs/results/{id}"
-    ) -> None:
-        self.result_topic = result_topic
-        self.results: dict[str, list[dict[str, Any]]] = {}
-        self.lock = threading.Lock()
-        subscribed = threading.Event()
-        self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
-        self.client.on_message = self._on_message
-        self.client.on_subscribe = lambda *args: subscribed.set()
-        self.client.connect(server.host, server.port)
-        self.client.subscribe(topic, qos=1)
-        self.client.loop_start()
-        assert subscribed.wait(10), "result listener not subscribed"
-
-    def _on_message(self, client: Any, userdata: Any, message: Any) -> None:
-        document = json.loads(message.payload)
-        assert message.topic == self.result_topic.replace("{id}", document["id"])
-        with self.lock:
-            self.results.setdefault(document["id"], []).append(document)
-
-    def wait_for(self, job_id: str, *, count: int = 1, deadline_seconds: float = 10.0) -> dict[str, Any]:
-        wait_until(
-            lambda: len(self.results.get(job_id, [])) >= count,
-            deadline_seconds=deadline_seconds,
-            what=f"{count} result(s) of {job_id}",
-        )
-        return self.results[job_id][-1]
-
-    def close(self) -> None:
-        self.client.disconnect()
-        self.client.loop_stop()
 
 
 @pytest.fixture

@@ -25,6 +25,7 @@ from tests.openclaw_tree import (
     build_sqlite,
     create_database,
     new_session_id,
+    session_with_an_untimed_boundary,
 )
 from tests.test_session_upload_sqlite import Writer, event_ids, inbox
 
@@ -96,17 +97,11 @@ def _execute(tree: SqliteTree, statement: str) -> None:
 
 
 def _boundary_without_timestamp(tree: SqliteTree) -> dict[str, bytes]:
-    writer = SessionWriter(new_session_id())
-    writer.turn("one")
-    writer.boundary("reset")
-    boundary = json.loads(writer.lines[-1])
-    del boundary["timestamp"]
-    writer.lines[-1] = json.dumps(boundary)
-    writer.turn("live")
+    writer, name = session_with_an_untimed_boundary()
     connection = sqlite3.connect(tree.database, isolation_level=None)
     add_session(connection, writer, key="agent:main:odd")
     connection.close()
-    return {f"{writer.session_id}.jsonl.reset.event-{boundary['id']}": writer.segment_bytes(1, 4)}
+    return {name: writer.segment_bytes(1, 4)}
 
 
 @pytest.mark.parametrize("case", cases("nexus-session-upload"))

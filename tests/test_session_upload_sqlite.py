@@ -31,6 +31,7 @@ from tests.openclaw_tree import (
     create_database,
     delete_session,
     new_session_id,
+    session_with_an_untimed_boundary,
 )
 from tests.test_session_upload import http_env, markers, snapshot
 
@@ -517,18 +518,12 @@ def test_a_boundary_without_a_timestamp_names_its_segment_by_the_boundary_id(
 ) -> None:
     database = Path(env["OPENCLAW_STATE_DIR"]) / "agents" / "t" / "agent" / "openclaw-agent.sqlite"
     connection = create_database(database)
-    writer = SessionWriter(new_session_id())
-    writer.turn("one")
-    writer.boundary("reset")
-    boundary = json.loads(writer.lines[-1])
-    del boundary["timestamp"]
-    writer.lines[-1] = json.dumps(boundary)
-    writer.turn("live")
+    writer, name = session_with_an_untimed_boundary()
     add_session(connection, writer, key="agent:t:main")
     connection.close()
     result = run_cli(COMMAND, "--agent", "t", env=env)
     assert result.returncode == 0, result.stderr
-    assert set(inbox(env, "t")) == {f"{writer.session_id}.jsonl.reset.event-{boundary['id']}"}
+    assert set(inbox(env, "t")) == {name}
 
 
 # --- writers in other processes -----------------------------------------------------------
