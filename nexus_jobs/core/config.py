@@ -18,9 +18,8 @@ from pathlib import Path
 from typing import Any
 
 from .errors import ConfigError
-from .options import LARGEST_NUMBER as LARGEST_NUMBER
-from .options import Option as Option
-from .options import coerce as coerce
+from .options import Option as Option  # re-exported: jobs describe their options as config.Option
+from .options import coerce
 from .options import show as _show
 from .options import unknown_key as unknown_key
 from .state import read_regular_file

@@ -13,7 +13,6 @@ if TYPE_CHECKING:
     import requests
 
 CONNECT_TIMEOUT_SECONDS = 10.0
-READ_TIMEOUT_SECONDS = 60.0
 RETRY_STATUSES = (429, 502, 503, 504)
 USER_AGENT = f"nexus-jobs/{__version__}"
 
